@@ -1,0 +1,163 @@
+"""The shared error dump: one JSON object per line in ``shared_errors.jsonl``.
+
+The file only ever grows: records are appended under the errors lock, one
+``write`` per record. A last line without its newline is the trace of a writer
+killed mid-append; it is moved aside (never silently dropped) under the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from neps_state._errors import CorruptedFileError, NePSError
+from neps_state._io import dump_json, load_json, save_aside, write_all
+from neps_state._locks import FileLocker
+
+logger = logging.getLogger(__name__)
+
+
+class SerializedError(NePSError):
+    """An error from another worker, rebuilt from its stored text."""
+
+
+@dataclass
+class SerializableTrialError:
+    """One error record: which trial, which worker, the error's type, text and traceback."""
+
+    trial_id: str
+    worker_id: str
+    err_type: str
+    err: str
+    tb: str | None
+
+    def as_raisable(self) -> SerializedError:
+        """An exception carrying this record's information."""
+        return SerializedError(
+            f"Trial {self.trial_id!r} failed in worker {self.worker_id!r}:"
+            f"\n{self.tb or ''}\n{self.err_type}: {self.err}"
+        )
+
+    def to_line(self) -> bytes:
+        """The record as one JSON line."""
+        return dump_json(asdict(self)) + b"\n"
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(SerializableTrialError))
+_Record = SerializableTrialError  # for annotations inside ErrDump, whose attribute shadows it
+
+
+@dataclass
+class ErrDump:
+    """All error records of a run, oldest first."""
+
+    SerializableTrialError: ClassVar[type[_Record]] = SerializableTrialError
+
+    errs: list[_Record] = field(default_factory=list)
+
+    def append(self, err: _Record) -> None:
+        """Add a record."""
+        self.errs.append(err)
+
+    def __len__(self) -> int:
+        return len(self.errs)
+
+    def __bool__(self) -> bool:
+        return bool(self.errs)
+
+    def empty(self) -> bool:
+        """Whether there are no records."""
+        return not self.errs
+
+    def latest_err_as_raisable(self) -> SerializedError | None:
+        """The newest record as an exception, if any."""
+        return self.errs[-1].as_raisable() if self.errs else None
+
+
+def parse_records(path: Path, data: bytes) -> tuple[list[SerializableTrialError], int]:
+    """Parse complete lines; return the records and the length of the good prefix."""
+    records: list[SerializableTrialError] = []
+    end = data.rfind(b"\n") + 1
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        obj = load_json(path, line)
+        records.append(_record(path, number, obj))
+    return records, end
+
+
+def _record(path: Path, number: int, obj: Any) -> SerializableTrialError:
+    if not isinstance(obj, dict):
+        raise CorruptedFileError(path, f"line {number} is not a JSON object")
+    missing = [k for k in _RECORD_FIELDS if k not in obj]
+    if missing:
+        raise CorruptedFileError(path, f"line {number} lacks {', '.join(missing)}")
+    for key in ("trial_id", "worker_id", "err_type", "err"):
+        if not isinstance(obj[key], str):
+            raise CorruptedFileError(path, f"line {number}: {key} is not a string")
+    if obj["tb"] is not None and not isinstance(obj["tb"], str):
+        raise CorruptedFileError(path, f"line {number}: tb is not a string or null")
+    return SerializableTrialError(**{k: obj[k] for k in _RECORD_FIELDS})
+
+
+class ErrorLog:
+    """The error dump file and its lock. Methods marked *locked* need ``lock``."""
+
+    def __init__(self, path: Path, lock: FileLocker, *, fsync: bool) -> None:
+        self.path = path
+        self.lock = lock
+        self.fsync = fsync
+
+    def size(self) -> int:
+        """Current size in bytes (0 when the file does not exist yet)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read(self) -> ErrDump:
+        """Every complete record (*locked*); a torn last line is moved aside."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return ErrDump()
+        records, end = parse_records(self.path, data)
+        if end < len(data):
+            self._drop_tail(end, data[end:])
+        return ErrDump(records)
+
+    def append(self, line: bytes) -> None:
+        """Append one record line (*locked*)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            write_all(fd, line)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def ensure_appended(self, size_before: int, line: bytes) -> None:
+        """Finish an append a crashed writer began at ``size_before`` (*locked*)."""
+        size = self.size()
+        if size == size_before + len(line):
+            return
+        if size > size_before + len(line):
+            # Someone appended after it: the record is there or can't be placed.
+            logger.warning("%s grew past an interrupted append; left as it is", self.path)
+            return
+        if size > size_before:
+            self._drop_tail(size_before, self.path.read_bytes()[size_before:])
+        self.append(line)
+
+    def _drop_tail(self, keep: int, tail: bytes) -> None:
+        aside = save_aside(self.path, "torn", tail, fsync=self.fsync)
+        os.truncate(self.path, keep)
+        logger.warning(
+            "%s ended in %d bytes of an interrupted append; moved them to %s",
+            self.path,
+            len(tail),
+            aside,
+        )

@@ -1,0 +1,156 @@
+"""The error hierarchy: one root, leaves that also subclass a fitting builtin.
+
+Every error keeps its data as attributes and pickles across processes (each
+class defines ``__reduce__`` with its own constructor arguments), so a worker's
+exception can be shipped back to the process that started it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class NePSError(Exception):
+    """Root of every error raised by ``neps_state``."""
+
+
+class SettingsError(NePSError, ValueError):
+    """An environment variable or setting has an invalid value."""
+
+
+class TrialNotFoundError(NePSError, KeyError):
+    """No trial with this id exists in the run directory."""
+
+    def __init__(self, trial_id: str, path: str | Path | None = None) -> None:
+        super().__init__(trial_id, path)
+        self.trial_id = trial_id
+        self.path = None if path is None else Path(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.trial_id, self.path))
+
+    def __str__(self) -> str:
+        where = "" if self.path is None else f" (expected at {self.path})"
+        return f"Trial {self.trial_id!r} not found{where}."
+
+
+class TrialAlreadyExistsError(NePSError, FileExistsError):
+    """A new trial was given an id that already exists."""
+
+    def __init__(self, trial_id: str, path: str | Path) -> None:
+        super().__init__(trial_id, str(path))
+        self.trial_id = trial_id
+        self.path = Path(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.trial_id, self.path))
+
+    def __str__(self) -> str:
+        return f"Trial {self.trial_id!r} already exists at {self.path}."
+
+
+class InvalidTrialIdError(NePSError, ValueError):
+    """A trial id is not a safe, single path component."""
+
+    def __init__(self, trial_id: object, problem: str) -> None:
+        super().__init__(trial_id, problem)
+        self.trial_id = trial_id
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.trial_id, self.problem))
+
+    def __str__(self) -> str:
+        return f"Invalid trial id {self.trial_id!r}: {self.problem}."
+
+
+class IllegalTransitionError(NePSError, ValueError):
+    """A trial update would move the trial's state along a forbidden edge."""
+
+    def __init__(self, trial_id: str, current: str, requested: str, reason: str) -> None:
+        super().__init__(trial_id, current, requested, reason)
+        self.trial_id = trial_id
+        self.current = current
+        self.requested = requested
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.trial_id, self.current, self.requested, self.reason))
+
+    def __str__(self) -> str:
+        return (
+            f"Trial {self.trial_id!r} cannot go from {self.current!r} to"
+            f" {self.requested!r}: {self.reason}."
+        )
+
+
+class CorruptedFileError(NePSError, ValueError):
+    """A file of the run directory is missing, truncated or does not parse."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(str(path), problem)
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class NotARunDirectoryError(NePSError, FileNotFoundError):
+    """A path that should hold a NePS run directory does not."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(str(path), problem)
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
+
+    def __str__(self) -> str:
+        return f"{self.path} is not a NePS run directory: {self.problem}"
+
+
+class OptimizerInfoMismatchError(NePSError):
+    """The optimizer info given to ``create_or_load`` differs from the one on disk."""
+
+    def __init__(self, path: str | Path, on_disk: object, provided: object) -> None:
+        super().__init__(str(path), on_disk, provided)
+        self.path = Path(path)
+        self.on_disk = on_disk
+        self.provided = provided
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.on_disk, self.provided))
+
+    def __str__(self) -> str:
+        return (
+            f"The optimizer info in {self.path} does not match the one provided."
+            f"\n  on disk:  {self.on_disk}\n  provided: {self.provided}"
+        )
+
+
+class LockTimeoutError(NePSError, TimeoutError):
+    """A file lock could not be acquired within its timeout."""
+
+    def __init__(self, path: str | Path, timeout: float, env_var: str) -> None:
+        super().__init__(str(path), timeout, env_var)
+        self.path = Path(path)
+        self.timeout = timeout
+        self.env_var = env_var
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.timeout, self.env_var))
+
+    def __str__(self) -> str:
+        return (
+            f"Could not acquire the lock {self.path} within {self.timeout:g} s."
+            " Another process holds it for longer than that (a process that died"
+            " releases its locks at once). To wait longer, set the environment"
+            f" variable {self.env_var} (seconds, or 'none' to wait forever) or pass"
+            " Settings(lock_timeout=...)."
+        )

@@ -1,0 +1,80 @@
+"""The in-flight marker ``configs/.trial_cache.intent``: a dirty bit with undo data.
+
+A writer holding the trial lock records what it is about to change before it
+touches any file, and clears the record after its journal append (the commit).
+The next holder of the lock that finds a record knows that a writer died inside
+its critical section, and exactly which trials it may have left half-written.
+The record is one journal frame at offset 0 (bytes after it are ignored); an
+empty frame or an empty file means clean, a damaged frame is recognised as such.
+Neither write changes the file's size in the common case, and neither is fsynced:
+a process crash keeps the page cache, and the journal, not this file, carries
+durability.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+from neps_state._journal import frame, parse_frames
+
+_MAX_READ = 1 << 20
+_CLEAN = frame(b"")
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a writer was doing: which trials, from which journal position."""
+
+    op: str
+    pid: int
+    token: bytes
+    offset: int
+    ids: tuple[str, ...]
+    errors_size: int | None = None
+    error_line: bytes | None = None
+
+
+UNREADABLE = Intent(op="unreadable", pid=-1, token=b"", offset=-1, ids=())
+"""Stands for a marker that exists but cannot be parsed."""
+
+
+class IntentFile:
+    """The marker file; every method is called with the trial lock held."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pid = -1
+        self._fd = -1
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+        return self._fd
+
+    def read(self) -> Intent | None:
+        """The recorded intent, ``UNREADABLE``, or None when clean."""
+        data = os.pread(self._descriptor(), _MAX_READ, 0)
+        if not data:
+            return None
+        payloads, _ = parse_frames(data, 0)
+        if not payloads:
+            return UNREADABLE
+        if not payloads[0]:
+            return None
+        try:
+            intent = pickle.loads(payloads[0])  # noqa: S301 - written by this module
+        except Exception:  # noqa: BLE001 - any damage means the same: unreadable
+            return UNREADABLE
+        return intent if isinstance(intent, Intent) else UNREADABLE
+
+    def begin(self, intent: Intent) -> None:
+        """Record ``intent`` before any file is changed."""
+        os.pwrite(self._descriptor(), frame(pickle.dumps(intent, pickle.HIGHEST_PROTOCOL)), 0)
+
+    def clear(self) -> None:
+        """Mark clean (a lost clear only causes a harmless, idempotent recovery)."""
+        os.pwrite(self._descriptor(), _CLEAN, 0)

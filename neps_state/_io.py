@@ -1,0 +1,208 @@
+"""The only module that writes to a run directory.
+
+Every rewrite goes through :func:`write_atomic`: a temp file in the same
+directory, fsync (when durability asks for it), ``os.replace``, and an fsync of
+the directory. Readers therefore see the old file or the new one, never a part.
+
+Fault points: :func:`fault_point` marks the instants at which a crash is most
+interesting (between the trial-directory write and the cache record, during a
+consolidation, while a lock is held). They do nothing unless a test harness
+installs a hook with :func:`set_fault_hook`, e.g. one that SIGKILLs the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neps_state._errors import CorruptedFileError
+
+FAULT_POINTS: tuple[str, ...] = (
+    "lock.acquired",
+    "create.state_written",
+    "create.info_written",
+    "sample.optimizer_state_written",
+    "store.staged",
+    "store.dir_renamed",
+    "store.committed",
+    "update.files_written",
+    "update.committed",
+    "report.error_appended",
+    "consolidate.written",
+    "consolidate.renamed",
+)
+"""Every named point at which a harness may inject a fault."""
+
+FaultHook = Callable[[str], None]
+_fault_hook: FaultHook | None = None
+
+
+def set_fault_hook(hook: FaultHook | None) -> FaultHook | None:
+    """Install ``hook`` (called with the point's name) and return the previous one."""
+    global _fault_hook
+    previous, _fault_hook = _fault_hook, hook
+    return previous
+
+
+def fault_point(name: str) -> None:
+    """Give an installed fault hook the chance to act at the point ``name``."""
+    if _fault_hook is not None:
+        _fault_hook(name)
+
+
+TMP_INFIX = ".tmp-"
+"""Temp files are named ``.<name>.tmp-<random>``; readers never look at them."""
+
+
+def tmp_sibling(path: Path) -> Path:
+    """A fresh, unique temp path in the same directory as ``path``."""
+    return path.with_name(f".{path.name}{TMP_INFIX}{secrets.token_hex(6)}")
+
+
+def write_atomic(
+    path: Path, data: bytes, *, fsync: bool, sync_dir: bool = True, fault: str = ""
+) -> None:
+    """Replace ``path`` with ``data`` so that readers see all of it or none of it.
+
+    With ``sync_dir=False`` the caller fsyncs the directory once for several files;
+    ``fault`` names a fault point between the complete temp file and the rename.
+    """
+    tmp = tmp_sibling(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            _preallocate(fd, len(data))
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if fault:
+            fault_point(fault)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync and sync_dir:
+        fsync_dir(path.parent)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    # ext4 forces writeback of delayed-allocation data when a rename replaces a
+    # file (auto_da_alloc); allocating the blocks up front avoids that stall
+    # (measured: ~120 -> ~70 us per replace). Not every filesystem supports it.
+    if size:
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entries of ``path`` durable (a rename is only durable then)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory so that it vanishes at once: rename it away, then delete."""
+    trash = path.with_name(f".trash-{path.name}-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_aside(path: Path, suffix: str, data: bytes, *, fsync: bool) -> Path:
+    """Keep bytes we are about to drop in a sibling file, for forensics; return its path."""
+    target = path.with_name(f"{path.name}.{suffix}-{secrets.token_hex(4)}")
+    write_atomic(target, data, fsync=fsync)
+    return target
+
+
+_YAML_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def dump_yaml(obj: object, path: Path) -> bytes:
+    """Serialize to YAML, or raise ``CorruptedFileError`` naming the file it was for."""
+    try:
+        text: str = yaml.dump(obj, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as e:
+        raise CorruptedFileError(path, f"cannot be written as YAML: {e}") from None
+    return text.encode("utf-8")
+
+
+def dump_json(obj: object) -> bytes:
+    """Serialize to compact JSON (NaN and infinities allowed, as Python's json does)."""
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def read_file(path: Path) -> bytes:
+    """Read a whole file; a missing file is a ``CorruptedFileError`` naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptedFileError(path, "is missing") from None
+    except IsADirectoryError:
+        raise CorruptedFileError(path, "is a directory, not a file") from None
+
+
+def load_yaml(path: Path, data: bytes | None = None) -> Any:
+    """Parse a YAML file; any problem is a ``CorruptedFileError`` naming the file."""
+    raw = read_file(path) if data is None else data
+    try:
+        return yaml.load(raw, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CorruptedFileError(path, f"is not valid YAML: {_one_line(e)}") from None
+
+
+def load_json(path: Path, data: bytes | None = None) -> Any:
+    """Parse a JSON file; any problem is a ``CorruptedFileError`` naming the file."""
+    raw = read_file(path) if data is None else data
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptedFileError(path, f"is not valid JSON: {_one_line(e)}") from None
+
+
+def load_pickle(path: Path, data: bytes | None = None) -> Any:
+    """Unpickle a file; any problem is a ``CorruptedFileError`` naming the file."""
+    raw = read_file(path) if data is None else data
+    if not raw:
+        raise CorruptedFileError(path, "is empty")
+    try:
+        return pickle.loads(raw)  # noqa: S301 - the run directory is trusted, as in NePS
+    except Exception as e:  # noqa: BLE001 - unpickling raises anything; we report it typed
+        raise CorruptedFileError(path, f"does not unpickle: {type(e).__name__}: {e}") from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def create_file(path: Path, data: bytes) -> None:
+    """Write a file that must not exist yet (inside a private staging folder)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,155 @@
+"""The trial cache ``configs/.trial_cache.pkl`` as a journal of framed records.
+
+Layout: a 24-byte header (8-byte magic, 16-byte random token that names this
+generation of the file), then records, each ``<u32 length><u32 crc32><payload>``.
+Appends happen under the trial lock; a consolidation writes a new generation
+(new token) to a temp file and renames it over the old one.
+
+A handle keeps the journal open and remembers how far it has read, so an
+operation reads only what other processes appended since. A rename by another
+process is seen as a different inode (the old one cannot be reused while this
+handle keeps it open) and triggers a full re-read.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from neps_state._errors import NePSError
+from neps_state._io import fault_point, write_all, write_atomic
+
+MAGIC = b"NEPSJRN1"
+HEADER_SIZE = len(MAGIC) + 16
+_FRAME = struct.Struct("<II")
+
+
+def frame(payload: bytes) -> bytes:
+    """One record as it is stored: length, checksum, payload."""
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def parse_frames(data: bytes, start: int) -> tuple[list[bytes], int]:
+    """Records in ``data[start:]`` up to the first short or damaged one; and where that is."""
+    payloads: list[bytes] = []
+    pos, end = start, len(data)
+    while end - pos >= _FRAME.size:
+        length, crc = _FRAME.unpack_from(data, pos)
+        body = pos + _FRAME.size
+        if end - body < length:
+            break
+        payload = data[body : body + length]
+        if zlib.crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        pos = body + length
+    return payloads, pos
+
+
+@dataclass
+class ReadResult:
+    """What a refresh found: new payloads, whether they start a new generation, a bad tail."""
+
+    payloads: list[bytes]
+    reset: bool
+    good_end: int
+    bad_tail: bytes
+
+
+class ForeignCacheError(NePSError):
+    """The cache file exists but is not one of our journals (e.g. NePS's own cache)."""
+
+
+class Journal:
+    """Reader and appender of the journal at ``path``; not thread-safe, lock held by caller."""
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._pid = -1
+        self._fd = -1
+        self._ident: tuple[int, int] | None = None
+        self.token = b""
+        self.offset = 0
+        self.records = 0
+
+    def close(self) -> None:
+        """Forget the open descriptor (the next refresh reopens and re-reads)."""
+        if self._pid == os.getpid() and self._fd >= 0:
+            os.close(self._fd)
+        self._pid, self._fd, self._ident = -1, -1, None
+
+    def exists(self) -> bool:
+        """Whether the journal file exists."""
+        return self.path.exists()
+
+    def refresh(self) -> ReadResult | None:
+        """Read what was appended since the last call; None if the file is missing.
+
+        Raises ``ForeignCacheError`` if the file has no valid header.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.close()
+            return None
+        reset = self._pid != os.getpid() or self._ident != (st.st_dev, st.st_ino)
+        if reset:
+            self._reopen()
+        size = os.fstat(self._fd).st_size
+        data = os.pread(self._fd, size - self.offset, self.offset) if size > self.offset else b""
+        payloads, used = parse_frames(data, 0)
+        self.offset += used
+        self.records += len(payloads)
+        return ReadResult(payloads, reset, self.offset, data[used:])
+
+    def _reopen(self) -> None:
+        self.close()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        head = os.pread(fd, HEADER_SIZE, 0)
+        if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
+            os.close(fd)
+            raise ForeignCacheError(f"{self.path} is not a neps_state journal")
+        st = os.fstat(fd)
+        self._pid, self._fd, self._ident = os.getpid(), fd, (st.st_dev, st.st_ino)
+        self.token = head[len(MAGIC) :]
+        self.offset = HEADER_SIZE
+        self.records = 0
+
+    def truncate_tail(self) -> None:
+        """Cut the file back to the end of the last good record."""
+        os.ftruncate(self._fd, self.offset)
+        if self.fsync:
+            os.fsync(self._fd)
+
+    def append(self, payload: bytes) -> None:
+        """Append one record; the caller holds the lock and has just refreshed."""
+        record = frame(payload)
+        write_all(self._fd, record)
+        if self.fsync:
+            os.fsync(self._fd)
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if end != self.offset + len(record):
+            # With the lock held nobody else appends: this is a broken lock.
+            raise NePSError(
+                f"{self.path}: another process appended at the same time"
+                f" (expected end {self.offset + len(record)}, found {end});"
+                " the trial lock is not being respected"
+            )
+        self.offset = end
+        self.records += 1
+
+    def rewrite(self, payloads: list[bytes]) -> None:
+        """Atomically replace the journal with a new generation holding ``payloads``."""
+        token = secrets.token_bytes(16)
+        data = MAGIC + token + b"".join(frame(p) for p in payloads)
+        write_atomic(self.path, data, fsync=self.fsync, fault="consolidate.written")
+        fault_point("consolidate.renamed")
+        self.close()
+        self._reopen()
+        self.offset = len(data)
+        self.records = len(payloads)

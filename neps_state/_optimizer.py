@@ -1,0 +1,133 @@
+"""What the optimizer shares through the state: its info, its state, its samples."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from neps_state._trial import Trial
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizerInfo:
+    """Which optimizer a run belongs to (``optimizer_info.yaml``).
+
+    Two infos are equal when their names are equal and their ``info`` mappings
+    hold the same data: key order does not matter, nor tuple versus list (YAML
+    stores both as a list).
+    """
+
+    name: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OptimizerInfo):
+            return NotImplemented
+        return self.name == other.name and _canonical(self.info) == _canonical(other.info)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML-ready form: ``{name: ..., info: {...}}``."""
+        return {"name": self.name, "info": _canonical(self.info)}
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+@dataclass
+class BudgetInfo:
+    """The run's budget and how much of it the trials used so far."""
+
+    max_cost_total: float | None = None
+    used_cost_budget: float = 0.0
+    max_evaluations: int | None = None
+    used_evaluations: int = 0
+
+    def clone(self) -> BudgetInfo:
+        """A copy."""
+        return replace(self)
+
+
+@dataclass
+class SeedSnapshot:
+    """The global RNG states: Python's ``random`` and, when installed, numpy's."""
+
+    py_rng: tuple[Any, ...]
+    np_rng: tuple[Any, ...] | None = None
+
+    @classmethod
+    def new_capture(cls) -> SeedSnapshot:
+        """Capture the current global RNG states."""
+        return cls(py_rng=random.getstate(), np_rng=_numpy_state())
+
+    def set_as_global_seed_state(self) -> None:
+        """Restore the captured RNG states as the process's global ones."""
+        random.setstate(self.py_rng)
+        if self.np_rng is not None:
+            np = _numpy()
+            if np is not None:
+                np.random.set_state(self.np_rng)
+
+    def recapture(self) -> None:
+        """Replace the snapshot with the current global RNG states."""
+        self.py_rng = random.getstate()
+        self.np_rng = _numpy_state()
+
+
+def _numpy() -> Any:
+    # numpy is optional; importing it costs ~0.1 s, so only when it is installed
+    # and the snapshot needs it.
+    if "numpy" in sys.modules:
+        return sys.modules["numpy"]
+    try:
+        import numpy as np  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    return np
+
+
+def _numpy_state() -> tuple[Any, ...] | None:
+    np = _numpy()
+    return None if np is None else tuple(np.random.get_state())
+
+
+@dataclass
+class OptimizationState:
+    """The optimizer's state shared by all workers (``optimizer_state.pkl``)."""
+
+    budget: BudgetInfo | None
+    seed_snapshot: SeedSnapshot
+    shared_state: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SampledConfig:
+    """A configuration proposed by the optimizer, under the id it chose."""
+
+    id: str
+    config: Mapping[str, Any]
+    previous_config_id: str | None = None
+
+
+class AskFunction(Protocol):
+    """The optimizer: proposes one config (``n=None``) or a list of ``n``."""
+
+    def __call__(
+        self,
+        trials: Mapping[str, Trial],
+        budget_info: BudgetInfo | None,
+        n: int | None = None,
+    ) -> SampledConfig | list[SampledConfig]:
+        """Propose configurations given every trial so far."""
+        ...

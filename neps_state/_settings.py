@@ -1,0 +1,100 @@
+"""Settings of a state handle: a frozen value, with environment overrides.
+
+Environment variables are read by :meth:`Settings.from_env`, never at import:
+
+================================  ============================================
+``NEPS_STATE_LOCK_TIMEOUT``       seconds to wait for a lock; ``none`` waits forever
+``NEPS_STATE_LOCK_POLL``          longest sleep between two lock attempts (s)
+``NEPS_STATE_CONSOLIDATION_LIMIT``  records appended before the cache is rewritten
+``NEPS_STATE_CONSOLIDATION_RATIO``  ... and at least this many per trial
+``NEPS_STATE_DURABILITY``         ``fsync`` (every commit on disk) or ``os``
+================================  ============================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Literal, TypeVar
+
+from neps_state._errors import SettingsError
+
+Durability = Literal["fsync", "os"]
+
+ENV_PREFIX = "NEPS_STATE_"
+LOCK_TIMEOUT_ENV = ENV_PREFIX + "LOCK_TIMEOUT"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a state handle locks, consolidates its cache and flushes to disk."""
+
+    lock_timeout: float | None = 120.0
+    """Seconds to wait for a lock before raising ``LockTimeoutError``; None waits forever."""
+
+    lock_poll: float = 0.002
+    """Longest sleep between two attempts to take a busy lock (backoff starts lower)."""
+
+    consolidation_limit: int = 30
+    """Cache records appended since the last rewrite before the cache is rewritten."""
+
+    consolidation_ratio: float = 1.0
+    """The rewrite also waits for this many records per trial, keeping its cost amortized O(1)."""
+
+    durability: Durability = "fsync"
+    """``fsync``: every acknowledged commit is on stable storage; ``os``: left to the OS."""
+
+    def __post_init__(self) -> None:
+        if self.lock_timeout is not None and not self.lock_timeout > 0:
+            raise SettingsError(f"lock_timeout must be > 0 or None, got {self.lock_timeout!r}")
+        if not (self.lock_poll > 0 and math.isfinite(self.lock_poll)):
+            raise SettingsError(f"lock_poll must be a positive number, got {self.lock_poll!r}")
+        if self.consolidation_limit < 1:
+            raise SettingsError(
+                f"consolidation_limit must be >= 1, got {self.consolidation_limit!r}"
+            )
+        if not (self.consolidation_ratio >= 0 and math.isfinite(self.consolidation_ratio)):
+            raise SettingsError(
+                f"consolidation_ratio must be >= 0, got {self.consolidation_ratio!r}"
+            )
+        if self.durability not in ("fsync", "os"):
+            raise SettingsError(f"durability must be 'fsync' or 'os', got {self.durability!r}")
+
+    @property
+    def fsync(self) -> bool:
+        """Whether commits are flushed to stable storage before they are acknowledged."""
+        return self.durability == "fsync"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the defaults overridden by ``NEPS_STATE_*`` variables."""
+        env = os.environ if environ is None else environ
+        parsers: dict[str, Callable[[str], object]] = {
+            "lock_timeout": _optional_float,
+            "lock_poll": float,
+            "consolidation_limit": int,
+            "consolidation_ratio": float,
+            "durability": str.lower,
+        }
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[field.name] = parsers[field.name](raw.strip())
+            except ValueError as e:
+                raise SettingsError(f"{name}={raw!r}: {e}") from None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except SettingsError as e:
+            raise SettingsError(f"from the environment: {e}") from None
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() in ("none", "null", "") else float(raw)

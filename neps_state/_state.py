@@ -1,0 +1,375 @@
+"""``NePSState``: the run directory shared by every worker, behind its locks."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import overload
+
+from neps_state._errdump import ErrDump, ErrorLog, SerializableTrialError
+from neps_state._errors import (
+    CorruptedFileError,
+    IllegalTransitionError,
+    NePSError,
+    NotARunDirectoryError,
+    OptimizerInfoMismatchError,
+    TrialNotFoundError,
+)
+from neps_state._io import dump_yaml, fault_point, load_pickle, load_yaml, write_atomic
+from neps_state._locks import FileLocker
+from neps_state._optimizer import AskFunction, OptimizationState, OptimizerInfo, SampledConfig
+from neps_state._repo import TrialRepo
+from neps_state._settings import Settings
+from neps_state._trial import Report, State, Trial, validate_trial_id
+from neps_state._trialfiles import TrialWriteHint, list_trial_ids, read_trial
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_INFO_FILE = "optimizer_info.yaml"
+OPTIMIZER_STATE_FILE = "optimizer_state.pkl"
+SHARED_ERRORS_FILE = "shared_errors.jsonl"
+CONFIGS_DIR = "configs"
+N_UNSAFE_RETRIES = 10
+
+
+class InvalidSampleError(NePSError, ValueError):
+    """The optimizer returned something that is not a valid sample."""
+
+
+class _CopyingView(Mapping[str, Trial]):
+    """The trials as the optimizer sees them: O(1) to hand over, a copy per access."""
+
+    def __init__(self, trials: Mapping[str, Trial]) -> None:
+        self._trials = trials
+
+    def __getitem__(self, trial_id: str) -> Trial:
+        return self._trials[trial_id].clone()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._trials)
+
+    def __len__(self) -> int:
+        return len(self._trials)
+
+    def __contains__(self, trial_id: object) -> bool:
+        return trial_id in self._trials
+
+
+class NePSState:
+    """The shared state of one optimization run; every public method is one critical section.
+
+    Create it with :meth:`create_or_load`. A handle may be pickled and sent to
+    another process (spawn included); it reopens its locks there.
+    """
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.settings = settings
+        self._optimizer_info_path = path / OPTIMIZER_INFO_FILE
+        self._optimizer_state_path = path / OPTIMIZER_STATE_FILE
+        self._shared_errors_path = path / SHARED_ERRORS_FILE
+        self._trial_lock = FileLocker(path / ".configs.lock", settings)
+        self._optimizer_lock = FileLocker(path / ".optimizer.lock", settings)
+        self._err_lock = FileLocker(path / ".errors.lock", settings)
+        self._errors = ErrorLog(self._shared_errors_path, self._err_lock, fsync=settings.fsync)
+        self._trial_repo = TrialRepo(path / CONFIGS_DIR, settings=settings, errors=self._errors)
+
+    def __reduce__(self) -> tuple[type[NePSState], tuple[Path, Settings]]:
+        # Only the location travels; the new process opens its own descriptors.
+        return (NePSState, (self.path, self.settings))
+
+    def __repr__(self) -> str:
+        return f"NePSState({str(self.path)!r})"
+
+    # -- creation -----------------------------------------------------------------
+
+    @classmethod
+    def create_or_load(
+        cls,
+        path: Path | str,
+        *,
+        load_only: bool = False,
+        optimizer_info: OptimizerInfo | None = None,
+        optimizer_state: OptimizationState | None = None,
+        settings: Settings | None = None,
+    ) -> NePSState:
+        """Create the run directory at ``path``, or load it if it exists.
+
+        Safe when many processes call it at once: exactly one creates; the
+        others load, and get ``OptimizerInfoMismatchError`` (a ``NePSError``)
+        if their optimizer info differs from the one on disk.
+        """
+        root = Path(path).absolute()
+        if root.exists() and not root.is_dir():
+            raise NotARunDirectoryError(root, "it is not a directory")
+        if load_only:
+            if not (root / OPTIMIZER_INFO_FILE).exists():
+                raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
+        elif optimizer_info is None or optimizer_state is None:
+            raise ValueError("create_or_load needs optimizer_info and optimizer_state to create")
+        root.mkdir(parents=True, exist_ok=True)
+        state = cls(root, Settings.from_env() if settings is None else settings)
+        with state._optimizer_lock.lock():
+            if state._optimizer_info_path.exists():
+                on_disk = state._read_optimizer_info()
+                if not load_only and on_disk != optimizer_info:
+                    raise OptimizerInfoMismatchError(root, on_disk, optimizer_info)
+                state._read_optimizer_state()
+            elif load_only or optimizer_info is None or optimizer_state is None:
+                raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
+            else:
+                state._create(optimizer_info, optimizer_state)
+        with state._trial_lock.lock():
+            state._trial_repo.sync()
+        return state
+
+    def _create(self, info: OptimizerInfo, opt_state: OptimizationState) -> None:
+        configs = self.path / CONFIGS_DIR
+        if configs.is_dir() and list_trial_ids(configs):
+            raise NotARunDirectoryError(
+                self.path, f"it holds trial folders but no {OPTIMIZER_INFO_FILE}"
+            )
+        info_bytes = dump_yaml(info.to_dict(), self._optimizer_info_path)
+        self._write_optimizer_state(opt_state, fsync=self.settings.fsync)
+        fault_point("create.state_written")
+        configs.mkdir(exist_ok=True)
+        # The info file is written last: its presence means "created".
+        write_atomic(self._optimizer_info_path, info_bytes, fsync=self.settings.fsync)
+        fault_point("create.info_written")
+
+    # -- optimizer files ----------------------------------------------------------
+
+    def _read_optimizer_info(self) -> OptimizerInfo:
+        p = self._optimizer_info_path
+        data = load_yaml(p)
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise CorruptedFileError(p, "must be a mapping with a string 'name'")
+        info = data.get("info") or {}
+        if not isinstance(info, dict):
+            raise CorruptedFileError(p, "'info' must be a mapping")
+        return OptimizerInfo(name=data["name"], info=info)
+
+    def _read_optimizer_state(self) -> OptimizationState:
+        obj = load_pickle(self._optimizer_state_path)
+        if not isinstance(obj, OptimizationState):
+            raise CorruptedFileError(
+                self._optimizer_state_path,
+                f"holds a {type(obj).__name__}, not an OptimizationState",
+            )
+        return obj
+
+    def _write_optimizer_state(self, opt_state: OptimizationState, *, fsync: bool) -> None:
+        # Rewritten by every sample, atomically; fsynced only at creation: after a
+        # power loss an older snapshot (an earlier RNG state) is still a valid one.
+        data = pickle.dumps(opt_state, protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomic(self._optimizer_state_path, data, fsync=fsync)
+
+    def lock_and_get_optimizer_info(self) -> OptimizerInfo:
+        """The optimizer info on disk."""
+        with self._optimizer_lock.lock():
+            return self._read_optimizer_info()
+
+    def lock_and_get_optimizer_state(self) -> OptimizationState:
+        """The optimizer state on disk."""
+        with self._optimizer_lock.lock():
+            return self._read_optimizer_state()
+
+    # -- sampling -----------------------------------------------------------------
+
+    @overload
+    def lock_and_sample_trial(
+        self, optimizer: AskFunction, *, worker_id: str, n: None = None
+    ) -> Trial: ...
+    @overload
+    def lock_and_sample_trial(
+        self, optimizer: AskFunction, *, worker_id: str, n: int
+    ) -> list[Trial]: ...
+
+    def lock_and_sample_trial(
+        self, optimizer: AskFunction, *, worker_id: str, n: int | None = None
+    ) -> Trial | list[Trial]:
+        """Ask the optimizer for ``n`` new trials (one if None) and store them as pending."""
+        with self._optimizer_lock.lock():
+            with self._trial_lock.lock():
+                self._trial_repo.sync()
+            view = self._trial_repo.view
+            opt_state = self._read_optimizer_state()
+            opt_state.seed_snapshot.set_as_global_seed_state()
+            budget = opt_state.budget
+            if budget is not None:
+                budget.used_cost_budget = view.cost.value
+                budget.used_evaluations = len(view)
+            sampled = optimizer(
+                trials=_CopyingView(view),
+                budget_info=None if budget is None else budget.clone(),
+                n=n,
+            )
+            opt_state.seed_snapshot.recapture()
+            trials = self._new_trials(sampled, n, worker_id)
+            self._write_optimizer_state(opt_state, fsync=False)
+            fault_point("sample.optimizer_state_written")
+            with self._trial_lock.lock():
+                self._trial_repo.store_new_trial(trials)
+        if n is None:
+            return trials[0]
+        return trials
+
+    def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[Trial]:
+        items: list[object] = sampled if isinstance(sampled, list) else [sampled]
+        configs = [c for c in items if isinstance(c, SampledConfig)]
+        if len(configs) != len(items):
+            raise InvalidSampleError(f"The optimizer must return SampledConfig(s), got {sampled!r}")
+        limit = 1 if n is None else n
+        if len(configs) > limit or (n is None and not configs):
+            raise InvalidSampleError(
+                f"Asked for {n} config(s), the optimizer returned {len(configs)}"
+            )
+        view = self._trial_repo.view
+        directory = self._trial_repo.directory
+        trials = []
+        for c in configs:
+            previous_location = None
+            if c.previous_config_id is not None:
+                previous = view.get(c.previous_config_id)
+                if previous is None:
+                    raise TrialNotFoundError(c.previous_config_id, directory)
+                previous_location = previous.metadata.location
+            trials.append(
+                Trial.new(
+                    trial_id=c.id,
+                    config=c.config,
+                    location=str(directory / f"config_{validate_trial_id(c.id)}"),
+                    previous_trial=c.previous_config_id,
+                    previous_trial_location=previous_location,
+                    time_sampled=time.time(),
+                    worker_id=worker_id,
+                )
+            )
+        return trials
+
+    # -- claiming and reporting ---------------------------------------------------
+
+    def lock_and_claim_next_pending_trial(self, worker_id: str) -> Trial | None:
+        """Take the earliest pending trial and mark it evaluating, in one critical section."""
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            pending = self._trial_repo.view.earliest_pending(1)
+            if not pending:
+                return None
+            trial = pending[0].clone()
+            trial.set_evaluating(time_started=time.time(), worker_id=worker_id)
+            self._trial_repo.update_trial(trial, hints="metadata")
+            return trial
+
+    def lock_and_report_trial_evaluation(
+        self, trial: Trial, report: Report, *, worker_id: str
+    ) -> None:
+        """Attach ``report`` to the evaluating ``trial``; an error is also added to the dump."""
+        trial.report = report
+        new = trial.clone()
+        reported = State(report.reported_as)
+        if new.metadata.state is State.EVALUATING:
+            new.metadata.state = reported
+        elif new.metadata.state is not reported:
+            raise ValueError(
+                f"Trial {trial.id!r} is {new.metadata.state.value} but reported as {reported.value}"
+            )
+        error = None
+        if report.err is not None:
+            error = SerializableTrialError(
+                trial_id=trial.id,
+                worker_id=str(worker_id),
+                err_type=type(report.err).__name__,
+                err=str(report.err),
+                tb=report.tb,
+            )
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            current = self._trial_repo.view.get(trial.id)
+            if current is not None and current.metadata.state is not State.EVALUATING:
+                # Reported trials must come from evaluating: no double reports.
+                raise IllegalTransitionError(
+                    trial.id,
+                    current.metadata.state.value,
+                    reported.value,
+                    "it is not being evaluated",
+                )
+            self._trial_repo.update_trial(new, hints=("report", "metadata"), error=error)
+
+    def put_updated_trial(
+        self, trial: Trial, *, hints: list[TrialWriteHint] | TrialWriteHint | None = None
+    ) -> None:
+        """Store a new version of an existing trial (only legal state changes)."""
+        with self._trial_lock.lock():
+            self._trial_repo.update_trial(trial, hints=hints)
+
+    # -- reading ------------------------------------------------------------------
+
+    def lock_and_read_trials(self) -> dict[str, Trial]:
+        """Every trial, by id."""
+        with self._trial_lock.lock():
+            return self._trial_repo.latest()
+
+    def all_trial_ids(self) -> list[str]:
+        """Every trial id."""
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            return list(self._trial_repo.view)
+
+    def lock_and_get_trial_by_id(self, trial_id: str) -> Trial:
+        """One trial; ``TrialNotFoundError`` if there is none with this id."""
+        validate_trial_id(trial_id)
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            trial = self._trial_repo.view.get(trial_id)
+        if trial is None:
+            raise TrialNotFoundError(trial_id, self._trial_repo.directory / f"config_{trial_id}")
+        return trial.clone()
+
+    def unsafe_retry_get_trial_by_id(self, trial_id: str) -> Trial:
+        """Read one trial from its folder without the lock, retrying a failed read."""
+        last: CorruptedFileError | None = None
+        for _ in range(N_UNSAFE_RETRIES):
+            try:
+                return read_trial(self._trial_repo.directory, trial_id)
+            except CorruptedFileError as e:
+                logger.debug("Reading trial %r failed, retrying: %s", trial_id, e)
+                last = e
+                time.sleep(0.01)
+        raise NePSError(f"Could not read trial {trial_id!r} in {N_UNSAFE_RETRIES} tries: {last}")
+
+    @overload
+    def lock_and_get_next_pending_trial(self) -> Trial | None: ...
+    @overload
+    def lock_and_get_next_pending_trial(self, n: int) -> list[Trial]: ...
+
+    def lock_and_get_next_pending_trial(self, n: int | None = None) -> Trial | list[Trial] | None:
+        """The earliest sampled pending trial (or the ``n`` earliest); does not claim it."""
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            pending = [
+                t.clone() for t in self._trial_repo.view.earliest_pending(1 if n is None else n)
+            ]
+        if n is None:
+            return pending[0] if pending else None
+        return pending
+
+    def lock_and_get_current_evaluating_trials(self) -> list[Trial]:
+        """Every trial being evaluated."""
+        with self._trial_lock.lock():
+            self._trial_repo.sync()
+            view = self._trial_repo.view
+            return [view[tid].clone() for tid in view.ids_in(State.EVALUATING)]
+
+    def lock_and_get_errors(self) -> ErrDump:
+        """Every error record of the run."""
+        with self._err_lock.lock():
+            return self._errors.read()
+
+    def lock_and_consolidate_cache(self) -> None:
+        """Rewrite the trial cache as one snapshot now."""
+        with self._trial_lock.lock():
+            self._trial_repo.consolidate()
