@@ -108,7 +108,7 @@ class TrialRepo:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
-        return (_reopen, (self.directory, self.settings, self.errors))
+        return (_reopen, (type(self), self.directory, self.settings, self.errors))
 
     # -- reading --------------------------------------------------------------
 
@@ -372,5 +372,7 @@ def _check_consistent(trial: Trial) -> None:
         raise ValueError(f"Trial {trial.id!r} is pending but has a report")
 
 
-def _reopen(directory: Path, settings: Settings, errors: ErrorLog | None) -> TrialRepo:
-    return TrialRepo(directory, settings=settings, errors=errors)
+def _reopen(
+    cls: type[TrialRepo], directory: Path, settings: Settings, errors: ErrorLog | None
+) -> TrialRepo:
+    return cls(directory, settings=settings, errors=errors)

@@ -7,7 +7,7 @@ import pickle
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import overload
+from typing import ClassVar, overload
 
 from neps_state._errdump import ErrDump, ErrorLog, SerializableTrialError
 from neps_state._errors import (
@@ -65,6 +65,8 @@ class NePSState:
     another process (spawn included); it reopens its locks there.
     """
 
+    repo_class: ClassVar[type[TrialRepo]] = TrialRepo
+
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
@@ -75,11 +77,11 @@ class NePSState:
         self._optimizer_lock = FileLocker(path / ".optimizer.lock", settings)
         self._err_lock = FileLocker(path / ".errors.lock", settings)
         self._errors = ErrorLog(self._shared_errors_path, self._err_lock, fsync=settings.fsync)
-        self._trial_repo = TrialRepo(path / CONFIGS_DIR, settings=settings, errors=self._errors)
+        self._trial_repo = self.repo_class(path / CONFIGS_DIR, settings=settings, errors=self._errors)
 
     def __reduce__(self) -> tuple[type[NePSState], tuple[Path, Settings]]:
         # Only the location travels; the new process opens its own descriptors.
-        return (NePSState, (self.path, self.settings))
+        return (type(self), (self.path, self.settings))
 
     def __repr__(self) -> str:
         return f"NePSState({str(self.path)!r})"

@@ -1,0 +1,282 @@
+"""The invariant checker: what a run directory (and, optionally, worker histories) must show.
+
+It reads the files themselves (YAML/JSON, and our journal if there is one), so
+it also checks run directories that NePS wrote. Every problem is a
+:class:`Violation` naming the file it concerns.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neps_state import NePSError, OptimizationState, Trial, validate_trial_id
+from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from neps_state._trialfiles import PREFIX, PREVIOUS_FILE, read_trial
+from pytest_neps._history import Op
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant: which, where, and what was found."""
+
+    invariant: str
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.invariant}] {self.path}: {self.detail}"
+
+
+@dataclass
+class Snapshot:
+    """What the checker read: the trials from their folders and from the cache."""
+
+    folders: dict[str, Trial]
+    cache: dict[str, Trial] | None
+    errors: list[dict[str, Any]]
+
+
+def check_run_dir(path: Path | str, histories: Sequence[Op] | None = None) -> list[Violation]:
+    """Every violation of the run directory's invariants (empty when it is clean)."""
+    root = Path(path)
+    out: list[Violation] = []
+    if not root.is_dir():
+        return [Violation("layout", str(root), "is not a directory")]
+    _check_optimizer_files(root, out)
+    snap = _read(root, out)
+    _check_trials(root, snap, out)
+    _check_errors(root, snap, out)
+    if histories is not None:
+        out += check_histories(root, snap.folders, snap.errors, histories)
+    return out
+
+
+def _check_optimizer_files(root: Path, out: list[Violation]) -> None:
+    info = root / "optimizer_info.yaml"
+    try:
+        data = yaml.safe_load(info.read_bytes())
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            out.append(Violation("files parse", str(info), "not a mapping with a string name"))
+    except (OSError, yaml.YAMLError) as e:
+        out.append(Violation("files parse", str(info), _short(e)))
+    state = root / "optimizer_state.pkl"
+    if state.exists():
+        try:
+            obj = pickle.loads(state.read_bytes())  # noqa: S301 - the run directory is trusted
+            if not isinstance(obj, OptimizationState):
+                out.append(Violation("files parse", str(state), f"holds a {type(obj).__name__}"))
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is the violation
+            out.append(Violation("files parse", str(state), _short(e)))
+
+
+def _read(root: Path, out: list[Violation]) -> Snapshot:
+    configs = root / "configs"
+    folders: dict[str, Trial] = {}
+    if configs.is_dir():
+        for entry in sorted(configs.iterdir()):
+            if entry.name.startswith(".staging-"):
+                out.append(Violation("recovery", str(entry), "a staging folder was left behind"))
+            if not entry.name.startswith(PREFIX) or not entry.is_dir():
+                continue
+            tid = entry.name[len(PREFIX) :]
+            try:
+                validate_trial_id(tid)
+                folders[tid] = read_trial(configs, tid)
+            except NePSError as e:
+                out.append(Violation("files parse", str(entry), str(e)))
+    return Snapshot(folders, _read_cache(configs, out), _read_errors(root, out))
+
+
+def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
+    path = configs / ".trial_cache.pkl"
+    intent = configs / ".trial_cache.intent"
+    if intent.exists():
+        payloads, _ = parse_frames(intent.read_bytes(), 0)
+        if not payloads or payloads[0]:
+            out.append(Violation("recovery", str(intent), "a writer died; recovery is pending"))
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if not data.startswith(MAGIC):
+        return None  # NePS's own cache format: the folders are what we check
+    payloads, end = parse_frames(data, HEADER_SIZE)
+    if end != len(data):
+        out.append(Violation("cache framing", str(path), f"{len(data) - end} bytes of torn tail"))
+    cache: dict[str, Trial] = {}
+    for payload in payloads:
+        try:
+            for trial in pickle.loads(payload):  # noqa: S301 - the run directory is trusted
+                cache[trial.id] = trial
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is the violation
+            out.append(Violation("cache framing", str(path), f"record does not unpickle: {e!r}"))
+    return cache
+
+
+def _read_errors(root: Path, out: list[Violation]) -> list[dict[str, Any]]:
+    path = root / "shared_errors.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        out.append(Violation("error dump", str(path), "ends in a partial line"))
+    for number, line in enumerate(data.splitlines(), start=1):
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            out.append(Violation("error dump", f"{path}:{number}", _short(e)))
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("trial_id"), str):
+            records.append(rec)
+        else:
+            out.append(Violation("error dump", f"{path}:{number}", "not an object with a trial_id"))
+    return records
+
+
+def _check_trials(root: Path, snap: Snapshot, out: list[Violation]) -> None:
+    configs = root / "configs"
+    for tid, trial in snap.folders.items():
+        out += _folder_violations(configs / f"{PREFIX}{tid}", trial, snap.folders)
+    if snap.cache is None:
+        return
+    cache_path = str(configs / ".trial_cache.pkl")
+    out += [
+        Violation("cache = folders", cache_path, f"trial {tid!r} has no folder")
+        for tid in snap.cache.keys() - snap.folders.keys()
+    ]
+    out += [
+        Violation("cache = folders", str(configs / f"{PREFIX}{tid}"), "not in the cache")
+        for tid in snap.folders.keys() - snap.cache.keys()
+    ]
+    for tid in snap.folders.keys() & snap.cache.keys():
+        diff = _differences(snap.cache[tid], snap.folders[tid])
+        if diff:
+            out.append(Violation("cache = folders", str(configs / f"{PREFIX}{tid}"), diff))
+
+
+def _folder_violations(folder: Path, trial: Trial, trials: dict[str, Trial]) -> list[Violation]:
+    out = []
+    where = str(folder)
+    state = trial.metadata.state
+    report = trial.report
+    if state.is_finished and report is None:
+        out.append(Violation("report iff finished", where, f"{state.value} but no report"))
+    if not state.is_finished and report is not None:
+        out.append(Violation("report iff finished", where, f"{state.value} with a report"))
+    if report is not None and state.is_finished and report.reported_as != state.value:
+        detail = f"{state.value} reported as {report.reported_as}"
+        out.append(Violation("report iff finished", where, detail))
+    prev = trial.metadata.previous_trial_id
+    if prev is not None and prev not in trials:
+        out.append(Violation("previous trial exists", where, f"previous {prev!r} is missing"))
+    prev_file = folder / PREVIOUS_FILE
+    if prev is not None and prev_file.exists() and prev_file.read_text().strip() != prev:
+        out.append(Violation("previous trial exists", str(prev_file), "differs from metadata"))
+    return out
+
+
+def _differences(cached: Trial, folder: Trial) -> str:
+    parts = []
+    if _plain(cached.config) != _plain(folder.config):
+        parts.append("config")
+    if cached.metadata != folder.metadata:
+        a, b = cached.metadata.to_dict(), folder.metadata.to_dict()
+        keys = [k for k in a if a[k] != b.get(k)]
+        parts.append("metadata (" + ", ".join(f"{k}: {a[k]!r} vs {b.get(k)!r}" for k in keys) + ")")
+    if cached.report != folder.report:
+        parts.append("report")
+    return "" if not parts else "cache and folder differ in " + "; ".join(parts)
+
+
+def _plain(value: Any) -> Any:
+    # The folder holds what YAML round-trips; compare the cache the same way.
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _check_errors(root: Path, snap: Snapshot, out: list[Violation]) -> None:
+    path = str(root / "shared_errors.jsonl")
+    recorded = Counter(rec["trial_id"] for rec in snap.errors)
+    out += [
+        Violation("one error record per error", path, f"record for unknown trial {tid!r}")
+        for tid in recorded.keys() - snap.folders.keys()
+    ]
+    out += [
+        Violation("one error record per error", path, f"no record for trial {tid!r}")
+        for tid, trial in snap.folders.items()
+        if trial.report is not None and trial.report.err is not None and not recorded[tid]
+    ]
+
+
+def check_histories(
+    root: Path,
+    trials: dict[str, Trial],
+    errors: Iterable[dict[str, Any]],
+    histories: Sequence[Op],
+) -> list[Violation]:
+    """Violations that only worker histories reveal: double evaluation, lost operations."""
+    where = str(root)
+    out: list[Violation] = []
+    claims: dict[str, list[Op]] = defaultdict(list)
+    errored: Counter[str] = Counter()
+    for op in histories:
+        if not (op.completed and op.ok):
+            continue
+        for tid in op.trials:
+            final = trials.get(tid)
+            if final is None:
+                out.append(Violation("no acknowledged op lost", where, f"{op} but {tid!r} is gone"))
+            elif op.op == "claim":
+                claims[tid].append(op)
+            elif op.op == "report":
+                if final.metadata.state.value != op.result:
+                    detail = f"{op} but the trial is {final.metadata.state.value}"
+                    out.append(Violation("no acknowledged op lost", where, detail))
+                errored[tid] += op.result in ("failed", "crashed")
+    out += _claim_violations(where, trials, claims)
+    out += _error_count_violations(where, errors, errored, histories)
+    return out
+
+
+def _claim_violations(
+    where: str, trials: dict[str, Trial], claims: dict[str, list[Op]]
+) -> list[Violation]:
+    out = []
+    for tid, ops in claims.items():
+        if len(ops) > 1:
+            workers = sorted(op.worker for op in ops)
+            detail = f"trial {tid!r} claimed {len(ops)} times, by {workers}"
+            out.append(Violation("one evaluator per trial", where, detail))
+        elif trials[tid].metadata.evaluating_worker_id != ops[0].worker:
+            evaluator = trials[tid].metadata.evaluating_worker_id
+            detail = f"{ops[0]} but the trial is evaluated by {evaluator!r}"
+            out.append(Violation("no acknowledged op lost", where, detail))
+    return out
+
+
+def _error_count_violations(
+    where: str, errors: Iterable[dict[str, Any]], errored: Counter[str], histories: Sequence[Op]
+) -> list[Violation]:
+    recorded = Counter(rec["trial_id"] for rec in errors)
+    out = []
+    for tid, count in errored.items():
+        # A reporter killed after its commit may have left one unacknowledged record.
+        in_flight = sum(
+            1 for op in histories if op.op == "report" and not op.completed and tid in op.trials
+        )
+        if not count <= recorded[tid] <= count + in_flight:
+            detail = f"trial {tid!r}: {count} errored reports, {recorded[tid]} records"
+            out.append(Violation("one error record per error", where, detail))
+    return out
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: " + " ".join(str(e).split())[:300]

@@ -1,0 +1,606 @@
+"""Worker swarms: N real processes running the standard worker loop on one run directory.
+
+The worker loop: claim the earliest pending trial, or sample new ones when there
+is none; evaluate; report. Until the trial budget is sampled and nothing is
+pending. Every operation is recorded (see ``_history``). Faults: a worker can be
+SIGKILLed after ``k`` operations, at random, or at a named point inside an
+operation; a replacement worker then starts, and the run must still finish.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from neps_state import (
+    FAULT_POINTS,
+    ErrDump,
+    NePSState,
+    OptimizationState,
+    OptimizerInfo,
+    SeedSnapshot,
+    Settings,
+    Trial,
+    set_fault_hook,
+)
+from pytest_neps._checker import Violation, check_run_dir
+from pytest_neps._evaluate import evaluate
+from pytest_neps._faults import die
+from pytest_neps._history import HistoryWriter, Kill, Op, merge, read_history
+from pytest_neps._observer import observe
+from pytest_neps._procs import Group, ProcessOutcome, Task
+
+SWARM_INFO = OptimizerInfo(name="pytest-neps-swarm", info={"loop": "claim-or-sample"})
+_REPORTED = ("success", "failed", "crashed")
+
+
+def resolve(obj: Any) -> Any:
+    """An object given directly, or as an import path ``"package.module:attribute"``."""
+    if not isinstance(obj, str):
+        return obj
+    module, _, attr = obj.partition(":")
+    if not attr:
+        raise ValueError(f"{obj!r} is not of the form 'package.module:attribute'")
+    target: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    """Kill after ``after_ops`` state operations; at ``point`` during a later one, if given."""
+
+    after_ops: int
+    point: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs; picklable."""
+
+    worker_id: str
+    run_dir: Path
+    history: Path
+    impl: Any
+    optimizer: Any
+    evaluation: Any
+    budget: int
+    batch: int
+    settings: Settings
+    kill: KillPlan | None = None
+
+
+class _Budgeted:
+    """Wraps the ask function so that no more than ``budget`` trials are ever sampled."""
+
+    def __init__(self, ask: Callable[..., Any], budget: int) -> None:
+        self.ask = ask
+        self.budget = budget
+
+    def __call__(self, trials: Mapping[str, Trial], budget_info: Any, n: int | None = None) -> Any:
+        room = self.budget - len(trials)
+        if room <= 0:
+            return []
+        proposed = self.ask(trials=trials, budget_info=budget_info, n=min(n or 1, room))
+        return proposed if isinstance(proposed, list) else [proposed]
+
+
+class _Recorder:
+    """Records each state operation and fires the worker's kill plan."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.history = HistoryWriter(spec.history, spec.worker_id)
+        self.done = 0
+
+    def run(self, op: str, fn: Callable[[], Any], trials: Sequence[str] = ()) -> Any:
+        plan = self.spec.kill
+        if plan is not None and plan.point is not None and self.done >= plan.after_ops:
+            set_fault_hook(self._kill_at(plan.point))
+        seq = self.history.start(op, trials)
+        try:
+            value = fn()
+        except BaseException as e:
+            self.history.end(seq, ok=False, trials=trials, result=f"{type(e).__name__}: {e}")
+            raise
+        ids = _ids(value) or list(trials)
+        self.history.end(seq, ok=True, trials=ids, result=_result(op, value))
+        self.done += 1
+        if plan is not None and plan.point is None and self.done == plan.after_ops:
+            self.history.kill("after-op", self.done)
+            die()
+        return value
+
+    def _kill_at(self, point: str) -> Callable[[str], None]:
+        def hook(reached: str) -> None:
+            if reached == point:
+                self.history.kill(point, self.done)
+                die()
+
+        return hook
+
+
+def _ids(value: Any) -> list[str]:
+    if isinstance(value, Trial):
+        return [value.id]
+    if isinstance(value, list):
+        return [t.id for t in value if isinstance(t, Trial)]
+    return []
+
+
+def _result(op: str, value: Any) -> str:
+    if op == "claim" and value is None:
+        return "none"
+    if op == "report":
+        return str(value)
+    return "ok"
+
+
+def worker_main(spec: WorkerSpec) -> dict[str, int]:
+    """The standard worker loop; returns how many trials this worker evaluated."""
+    rec = _Recorder(spec)
+    cls: type[NePSState] = resolve(spec.impl)
+    ask = _Budgeted(resolve(spec.optimizer), spec.budget)
+    fn = resolve(spec.evaluation)
+    wid = spec.worker_id
+    state: NePSState = rec.run(
+        "create",
+        lambda: cls.create_or_load(
+            spec.run_dir,
+            optimizer_info=SWARM_INFO,
+            optimizer_state=OptimizationState(
+                budget=None, seed_snapshot=SeedSnapshot.new_capture()
+            ),
+            settings=spec.settings,
+        ),
+    )
+    evaluated = 0
+    while True:
+        trial: Trial | None = rec.run("claim", lambda: state.lock_and_claim_next_pending_trial(wid))
+        if trial is None:
+            sampled = rec.run(
+                "sample", lambda: state.lock_and_sample_trial(ask, worker_id=wid, n=spec.batch)
+            )
+            if not sampled:
+                break
+            continue
+        outcome = evaluate(fn, trial.config)
+        report = trial.set_complete(
+            report_as=outcome.report_as,  # type: ignore[arg-type]
+            time_end=time.time(),
+            objective_to_minimize=outcome.objective,
+            cost=outcome.cost,
+            learning_curve=None,
+            err=outcome.err,
+            tb=outcome.tb,
+            extra={},
+            evaluation_duration=outcome.duration,
+        )
+        rec.run("report", functools.partial(_report, state, trial, report, wid), [trial.id])
+        evaluated += 1
+    rec.history.close()
+    return {"evaluated": evaluated}
+
+
+def _report(state: NePSState, trial: Trial, report: Any, worker_id: str) -> str:
+    state.lock_and_report_trial_evaluation(trial, report, worker_id=worker_id)
+    return str(report.reported_as)
+
+
+class Launcher(Protocol):
+    """How worker processes are started, awaited and killed (local processes, or a cluster)."""
+
+    def barrier(self, parties: int) -> Any:
+        """A barrier that releases ``parties`` workers together."""
+
+    def start(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], barrier: Any) -> int:
+        """Start ``fn(*args)`` as worker ``name``; return its pid (or another handle id)."""
+
+    def wait(self, timeout: float) -> list[str]:
+        """Block until a worker exits or ``timeout``; return the names that exited."""
+
+    def running(self) -> list[str]:
+        """Workers that have not exited."""
+
+    def outcome(self, name: str, *, timed_out: bool = False) -> ProcessOutcome:
+        """How an exited worker ended."""
+
+    def kill_all(self) -> list[str]:
+        """Kill every running worker (and everything it started); return their names."""
+
+    def close(self) -> None:
+        """Release resources; nothing may be left running."""
+
+
+class LocalLauncher:
+    """Workers as local processes, each leading its own process group."""
+
+    def __init__(self, start_method: str = "spawn") -> None:
+        self._group = Group(start_method)
+
+    def barrier(self, parties: int) -> Any:
+        """A multiprocessing barrier."""
+        return self._group.barrier(parties)
+
+    def start(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], barrier: Any) -> int:
+        """Start a process."""
+        return self._group.start(Task(name, fn, args), barrier)
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait for an exit."""
+        return self._group.wait_any(timeout)
+
+    def running(self) -> list[str]:
+        """Running workers."""
+        return self._group.running()
+
+    def outcome(self, name: str, *, timed_out: bool = False) -> ProcessOutcome:
+        """An exited worker's outcome."""
+        return self._group.outcome(name, timed_out=timed_out)
+
+    def kill_all(self) -> list[str]:
+        """SIGKILL every process group."""
+        return self._group.kill_all()
+
+    def close(self) -> None:
+        """Kill and clean up."""
+        self._group.close()
+
+
+@dataclass
+class SwarmConfig:
+    """What a swarm runs: how many workers, how many trials, which code, which faults."""
+
+    workers: int = 4
+    trials: int = 100
+    optimizer: Any = "pytest_neps._optimizers:random_search"
+    evaluation: Any = "pytest_neps._evaluate:quadratic"
+    impl: Any = "neps_state:NePSState"
+    batch: int = 1
+    observers: int = 0
+    kill_after: int | None = None
+    kill_rate: float = 0.0
+    kill_points: tuple[str, ...] = ()
+    max_kills: int | None = None
+    seed: int = 0
+    timeout: float = 120.0
+    start_method: str = "spawn"
+    settings: Settings = field(default_factory=lambda: Settings(durability="os"))
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.trials < 0 or self.batch < 1:
+            raise ValueError("workers and batch must be >= 1, trials >= 0")
+        if not 0 <= self.kill_rate < 1:
+            raise ValueError("kill_rate must be in [0, 1)")
+        unknown = set(self.kill_points) - set(FAULT_POINTS)
+        if unknown:
+            raise ValueError(f"unknown fault points {sorted(unknown)}; known: {FAULT_POINTS}")
+
+
+@dataclass
+class WorkerRecord:
+    """One worker process (an original or a replacement) and how it ended."""
+
+    worker_id: str
+    outcome: ProcessOutcome
+    kills: list[Kill]
+    ops: list[Op]
+    replaces: str | None = None
+
+    @property
+    def killed_as_planned(self) -> bool:
+        """Announced a planned kill and died by SIGKILL."""
+        return bool(self.kills) and self.outcome.signal == 9
+
+    @property
+    def failed(self) -> bool:
+        """Died or raised without a planned kill (a lost worker)."""
+        return not self.outcome.ok and not self.killed_as_planned
+
+    def in_flight(self) -> Op | None:
+        """The operation this worker was inside when it ended, if any."""
+        return next((op for op in reversed(self.ops) if not op.completed), None)
+
+
+@dataclass
+class SwarmResult:
+    """Everything a swarm produced, and the checks over it."""
+
+    config: SwarmConfig
+    run_dir: Path
+    workers: list[WorkerRecord]
+    trials: dict[str, Trial]
+    errors: ErrDump
+    wall_s: float
+    timed_out: bool
+    load_error: str | None = None
+    violations: list[Violation] = field(default_factory=list)
+    observers: list[ProcessOutcome] = field(default_factory=list)
+
+    @property
+    def ops(self) -> list[Op]:
+        """Every operation of every worker, by invocation time."""
+        return merge(w.ops for w in self.workers)
+
+    @property
+    def kills(self) -> int:
+        """Planned kills that happened (announced and died by SIGKILL)."""
+        return sum(w.killed_as_planned for w in self.workers)
+
+    @property
+    def kills_announced(self) -> int:
+        """Kill announcements found in the histories."""
+        return sum(len(w.kills) for w in self.workers)
+
+    @property
+    def replacements(self) -> int:
+        """Replacement workers started."""
+        return sum(w.replaces is not None for w in self.workers)
+
+    @property
+    def cycles(self) -> int:
+        """Reports that completed (one per evaluated trial)."""
+        return sum(1 for op in self.ops if op.op == "report" and op.ok)
+
+    @property
+    def cycles_per_s(self) -> float:
+        """Completed cycles per wall-clock second."""
+        return self.cycles / self.wall_s if self.wall_s > 0 else 0.0
+
+    def latencies_ms(self, op: str) -> list[float]:
+        """Durations of the completed operations ``op``, in ms."""
+        return [(o.end_ns - o.start_ns) / 1e6 for o in self.ops if o.op == op and o.end_ns]
+
+    def stranded(self) -> list[str]:
+        """Trials left evaluating by a killed worker (allowed, and reported as such)."""
+        killed = {w.worker_id for w in self.workers if w.killed_as_planned}
+        return sorted(
+            t.id
+            for t in self.trials.values()
+            if t.metadata.state is Trial.State.EVALUATING
+            and t.metadata.evaluating_worker_id in killed
+        )
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this swarm, as readable lines."""
+        out = []
+        if self.timed_out:
+            out.append(f"swarm timed out after {self.config.timeout:g} s; still running:")
+            out += [
+                f"  {w.worker_id}: last op {w.in_flight() or (w.ops[-1] if w.ops else 'none')}"
+                for w in self.workers
+                if w.outcome.timed_out
+            ]
+        for w in self.workers:
+            if w.failed and not w.outcome.timed_out:
+                out.append(f"worker lost: {w.outcome.describe()}")
+        out += [f"observer lost: {o.describe()}" for o in self.observers if not o.ok]
+        if self.load_error:
+            out.append(f"the run directory does not load: {self.load_error}")
+        out += [str(v) for v in self.violations]
+        if not self.timed_out and not self.load_error:
+            out += self._budget_problems()
+        if not (self.kills_announced == self.kills == self.replacements):
+            out.append(
+                f"kill accounting: {self.kills_announced} announced, {self.kills} seen,"
+                f" {self.replacements} replacements"
+            )
+        return out
+
+    def _budget_problems(self) -> list[str]:
+        out = []
+        states = Counter(t.metadata.state for t in self.trials.values())
+        if len(self.trials) != self.config.trials:
+            out.append(f"budget: {len(self.trials)} trials, expected {self.config.trials}")
+        if states[Trial.State.PENDING]:
+            out.append(f"budget: {states[Trial.State.PENDING]} trials still pending")
+        stranded = set(self.stranded())
+        other = [
+            t.id
+            for t in self.trials.values()
+            if t.metadata.state is Trial.State.EVALUATING and t.id not in stranded
+        ]
+        if other:
+            out.append(f"trials evaluating with no killed worker to blame: {sorted(other)}")
+        return out
+
+    def assert_consistent(self) -> None:
+        """Raise ``AssertionError`` listing every problem, if there is any."""
+        problems = self.problems()
+        if problems:
+            raise AssertionError(
+                f"swarm on {self.run_dir} is not consistent ({len(problems)} problems):\n  "
+                + "\n  ".join(problems)
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of the run as a JSON-ready mapping."""
+        lat = {}
+        for op in ("sample", "claim", "report"):
+            values = sorted(self.latencies_ms(op))
+            lat[op] = {f"p{q}": _percentile(values, q) for q in (50, 95, 99)}
+        states = Counter(t.metadata.state.value for t in self.trials.values())
+        return {
+            "workers": self.config.workers,
+            "trials": len(self.trials),
+            "cycles": self.cycles,
+            "wall_s": self.wall_s,
+            "cycles_per_s": self.cycles_per_s,
+            "latency_ms": lat,
+            "kills": self.kills,
+            "replacements": self.replacements,
+            "stranded": self.stranded(),
+            "states": dict(states),
+            "errors": len(self.errors),
+            "timed_out": self.timed_out,
+            "violations": self.problems(),
+        }
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    k = max(0, math.ceil(q / 100 * len(values)) - 1)
+    return values[k]
+
+
+class Swarm:
+    """Runs one swarm; see :func:`run_swarm`."""
+
+    def __init__(
+        self,
+        config: SwarmConfig,
+        run_dir: Path,
+        launcher: Launcher | None = None,
+        progress: Callable[[int, SwarmConfig, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.launcher = launcher or LocalLauncher(config.start_method)
+        self.progress = progress
+        self.rng = random.Random(config.seed)
+        self.history_dir = Path(tempfile.mkdtemp(prefix="neps-swarm-"))
+        self.specs: dict[str, WorkerSpec] = {}
+        self.replaces: dict[str, str] = {}
+        self.kills_planned = 0
+
+    def _plan(self) -> KillPlan | None:
+        c = self.config
+        if c.max_kills is not None and self.kills_planned >= c.max_kills:
+            return None
+        plan = None
+        if c.kill_after is not None:
+            plan = KillPlan(c.kill_after, self.rng.choice(c.kill_points) if c.kill_points else None)
+        elif c.kill_rate > 0:
+            after = 1 + int(math.log(1 - self.rng.random()) / math.log(1 - c.kill_rate))
+            point = self.rng.choice((*c.kill_points, None)) if c.kill_points else None
+            plan = KillPlan(after, point)
+        if plan is not None:
+            self.kills_planned += 1
+        return plan
+
+    def _start(self, worker_id: str, barrier: Any = None) -> None:
+        c = self.config
+        spec = WorkerSpec(
+            worker_id=worker_id,
+            run_dir=self.run_dir,
+            history=self.history_dir / f"{worker_id}.jsonl",
+            impl=c.impl,
+            optimizer=c.optimizer,
+            evaluation=c.evaluation,
+            budget=c.trials,
+            batch=c.batch,
+            settings=c.settings,
+            kill=self._plan(),
+        )
+        self.specs[worker_id] = spec
+        self.launcher.start(worker_id, worker_main, (spec,), barrier)
+
+    def run(self) -> SwarmResult:
+        """Start the workers, replace the killed ones, and collect everything."""
+        c = self.config
+        stop = self.history_dir / "stop"
+        try:
+            barrier = self.launcher.barrier(c.workers)
+            for i in range(c.workers):
+                self._start(f"w{i}", barrier)
+            for i in range(c.observers):
+                self.launcher.start(f"obs{i}", observe, (self.run_dir, stop, c.seed + i), None)
+            start = time.monotonic()
+            deadline = start + c.timeout
+            while self._workers_running() and time.monotonic() < deadline:
+                for name in self.launcher.wait(min(0.25, deadline - time.monotonic())):
+                    if name in self.specs:
+                        self._maybe_replace(name)
+                if self.progress is not None:
+                    self.progress(self._reports_done(), c, len(self.replaces))
+            wall = time.monotonic() - start
+            stop.touch()
+            while self.launcher.running() and time.monotonic() < deadline:
+                self.launcher.wait(deadline - time.monotonic())
+            timed_out = set(self.launcher.kill_all())
+            return self._collect(wall, timed_out)
+        finally:
+            self.launcher.close()
+            shutil.rmtree(self.history_dir, ignore_errors=True)
+
+    def _workers_running(self) -> bool:
+        return any(name in self.specs for name in self.launcher.running())
+
+    def _maybe_replace(self, name: str) -> None:
+        outcome = self.launcher.outcome(name)
+        history = self.specs[name].history
+        _, kills = read_history(history, name) if history.exists() else ([], [])
+        if kills and outcome.signal == 9:
+            base = name.split("r", maxsplit=1)[0]
+            new = f"{base}r{sum(1 for r in self.replaces if r.startswith(base + 'r')) + 1}"
+            self.replaces[new] = name
+            self._start(new)
+
+    def _reports_done(self) -> int:
+        total = 0
+        for spec in self.specs.values():
+            if spec.history.exists():
+                data = spec.history.read_bytes()
+                total += sum(data.count(f'"result":"{s}"'.encode()) for s in _REPORTED)
+        return total
+
+    def _collect(self, wall: float, timed_out: set[str]) -> SwarmResult:
+        records = []
+        for name, spec in self.specs.items():
+            ops, kills = read_history(spec.history, name) if spec.history.exists() else ([], [])
+            outcome = self.launcher.outcome(name, timed_out=name in timed_out)
+            records.append(WorkerRecord(name, outcome, kills, ops, self.replaces.get(name)))
+        result = SwarmResult(
+            config=self.config,
+            run_dir=self.run_dir,
+            workers=records,
+            trials={},
+            errors=ErrDump(),
+            wall_s=wall,
+            timed_out=bool(timed_out),
+        )
+        try:
+            cls: type[NePSState] = resolve(self.config.impl)
+            final = cls.create_or_load(self.run_dir, load_only=True, settings=self.config.settings)
+            result.trials = final.lock_and_read_trials()
+            result.errors = final.lock_and_get_errors()
+        except Exception as e:  # noqa: BLE001 - a run directory that does not load is a finding
+            result.load_error = f"{type(e).__name__}: {e}"
+        result.violations = check_run_dir(self.run_dir, result.ops)
+        for i in range(self.config.observers):
+            out = self.launcher.outcome(f"obs{i}", timed_out=f"obs{i}" in timed_out)
+            result.observers.append(out)
+            if out.ok:
+                result.violations += [
+                    Violation("no partial reads", path, detail)
+                    for path, detail in out.value["problems"]
+                ]
+        return result
+
+
+def run_swarm(
+    config: SwarmConfig | None = None,
+    run_dir: Path | str | None = None,
+    *,
+    launcher: Launcher | None = None,
+    progress: Callable[[int, SwarmConfig, int], None] | None = None,
+    **overrides: Any,
+) -> SwarmResult:
+    """Run a swarm of worker processes on ``run_dir`` (a fresh temp dir if None)."""
+    cfg = replace(config or SwarmConfig(), **overrides)
+    path = (
+        Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="neps-run-")) / "run"
+    )
+    return Swarm(cfg, path, launcher, progress).run()

@@ -1,0 +1,175 @@
+"""Deliberately broken states: the negative controls of the test suite.
+
+Each class is the reference ``NePSState`` with one known defect of the seed
+design put back. A test harness that cannot catch these cannot catch anything;
+the project's tests assert that each one is caught. Never use them for real runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from neps_state import (
+    NePSState,
+    OptimizationState,
+    OptimizerInfo,
+    OptimizerInfoMismatchError,
+    Settings,
+    TrialRepo,
+)
+from neps_state._index import TrialIndex
+from neps_state._io import dump_yaml
+from neps_state._journal import HEADER_SIZE, parse_frames
+from neps_state._state import OPTIMIZER_INFO_FILE
+
+
+def write_in_place(path: Path, data: bytes) -> None:
+    """The non-atomic write of the seed: truncate, then write in two steps."""
+    with open(path, "wb") as f:
+        half = len(data) // 2
+        f.write(data[:half])
+        f.flush()
+        f.write(data[half:])
+
+
+class _NoLock:
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        yield
+
+
+class UnlockedSampling(NePSState):
+    """Samples without the optimizer and trial locks: two workers can take one id."""
+
+    def lock_and_sample_trial(self, optimizer: Any, *, worker_id: str, n: int | None = None) -> Any:
+        """Sample with both locks replaced by no-ops."""
+        saved = self._optimizer_lock, self._trial_lock
+        self._optimizer_lock = self._trial_lock = _NoLock()  # type: ignore[assignment]
+        try:
+            return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n)
+        finally:
+            self._optimizer_lock, self._trial_lock = saved
+
+
+class _InPlaceRepo(TrialRepo):
+    def _write_files(self, path: Path, files: dict[str, bytes | None]) -> None:
+        for name, data in files.items():
+            if data is None:
+                (path / name).unlink(missing_ok=True)
+            else:
+                write_in_place(path / name, data)
+
+
+class InPlaceWrites(NePSState):
+    """Rewrites the optimizer state and trial files in place: readers see partial files."""
+
+    repo_class = _InPlaceRepo
+
+    def _write_optimizer_state(self, opt_state: OptimizationState, *, fsync: bool) -> None:
+        del fsync
+        write_in_place(self._optimizer_state_path, pickle.dumps(opt_state))
+
+
+class UnlockedCreate(NePSState):
+    """Checks and writes the optimizer info without a lock, in place (the seed's race)."""
+
+    @classmethod
+    def create_or_load(
+        cls,
+        path: Path | str,
+        *,
+        load_only: bool = False,
+        optimizer_info: OptimizerInfo | None = None,
+        optimizer_state: OptimizationState | None = None,
+        settings: Settings | None = None,
+    ) -> NePSState:
+        """Create or load the way the seed does: exists-check, then read or write."""
+        root = Path(path).absolute()
+        is_new = not root.exists()
+        (root / "configs").mkdir(parents=True, exist_ok=True)
+        state = cls(root, Settings.from_env() if settings is None else settings)
+        if not is_new:
+            on_disk = state._read_optimizer_info()
+            if not load_only and on_disk != optimizer_info:
+                raise OptimizerInfoMismatchError(root, on_disk, optimizer_info)
+            state._read_optimizer_state()
+        elif optimizer_info is not None and optimizer_state is not None:
+            info = dump_yaml(optimizer_info.to_dict(), root / OPTIMIZER_INFO_FILE)
+            write_in_place(root / OPTIMIZER_INFO_FILE, info)
+            write_in_place(state._optimizer_state_path, pickle.dumps(optimizer_state))
+        with state._trial_lock.lock():
+            state._trial_repo.sync()
+        return state
+
+
+class _StaleRepo(TrialRepo):
+    def _refresh(self, *, recovering: bool) -> None:
+        if not self._index:
+            super()._refresh(recovering=recovering)
+            return
+        result = self._journal.refresh()
+        if result is not None and result.reset:
+            super()._refresh(recovering=recovering)
+        # Otherwise: the records other processes appended are read past, not applied.
+
+
+class StaleCacheRead(NePSState):
+    """Once it has trials, ignores the cache records that other processes append."""
+
+    repo_class = _StaleRepo
+
+
+class _LossyRepo(TrialRepo):
+    def consolidate(self) -> None:
+        self.sync()
+        payloads, _ = parse_frames(self.cache_path.read_bytes(), HEADER_SIZE)
+        index = TrialIndex()
+        for payload in payloads[:-1]:
+            for trial in pickle.loads(payload):  # noqa: S301 - our own journal
+                index.put(trial)
+        self._journal.rewrite([pickle.dumps(list(index.values()))])
+
+
+class LossyConsolidation(NePSState):
+    """Consolidates the cache without its last record: the newest update is lost."""
+
+    repo_class = _LossyRepo
+
+
+class _AmnesicRepo(TrialRepo):
+    def _rebuild(self, reason: str, *, keep_old: bool = False) -> None:
+        super()._rebuild(reason, keep_old=keep_old)
+        self._index.clear()
+        self._journal.close()
+
+
+class EmptyAfterCacheLoss(NePSState):
+    """After the cache file is lost, the first read returns no trials (the seed's bug)."""
+
+    repo_class = _AmnesicRepo
+
+
+CONTROLS: dict[str, type[NePSState]] = {
+    "unlocked-sampling": UnlockedSampling,
+    "in-place-writes": InPlaceWrites,
+    "unlocked-create": UnlockedCreate,
+    "stale-cache-read": StaleCacheRead,
+    "lossy-consolidation": LossyConsolidation,
+    "empty-after-cache-loss": EmptyAfterCacheLoss,
+}
+"""Every negative control by name."""
+
+__all__ = [
+    "CONTROLS",
+    "EmptyAfterCacheLoss",
+    "InPlaceWrites",
+    "LossyConsolidation",
+    "StaleCacheRead",
+    "UnlockedCreate",
+    "UnlockedSampling",
+    "write_in_place",
+]

@@ -1,0 +1,159 @@
+"""The pytest plugin: options, markers, Hypothesis profiles and the ``neps_*`` fixtures.
+
+Registered through the ``pytest11`` entry point: installing the package is enough.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from neps_state import NePSState, OptimizationState, OptimizerInfo, SeedSnapshot, Settings
+
+KEEP_CHOICES = ("never", "on-failure", "always")
+
+# Profiles are registered at import: Hypothesis reads --hypothesis-profile in its
+# own pytest_configure, which may run before ours.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile(
+    "neps-ci", max_examples=25, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+)
+settings.register_profile(
+    "neps-dev", max_examples=10, deadline=None, suppress_health_check=_SLOW_OK
+)
+settings.register_profile(
+    "neps-stress",
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=_SLOW_OK,
+    print_blob=True,
+)
+
+DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"optimizer": "random_search"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the ``neps`` option group (each option also has an ini key)."""
+    group = parser.getgroup("neps", "NePS state testing (pytest-neps)")
+    options: list[tuple[str, str, str, Any]] = [
+        ("workers", "neps_workers", "default number of worker processes of a swarm", "4"),
+        ("swarm-timeout", "neps_swarm_timeout", "hard timeout of a swarm in seconds", "120"),
+        (
+            "start-method",
+            "neps_start_method",
+            "how swarm workers are started: spawn, forkserver or fork",
+            "spawn",
+        ),
+        (
+            "keep-run-dirs",
+            "neps_keep_run_dirs",
+            "keep run directories: never, on-failure or always",
+            "on-failure",
+        ),
+        ("impl", "neps_impl", "state implementation under test, as module:attribute", ""),
+    ]
+    for flag, ini, help_text, default in options:
+        group.addoption(f"--neps-{flag}", dest=ini, default=None, help=f"{help_text} (ini: {ini})")
+        parser.addini(ini, help=help_text, default=default)
+
+
+def option(config: pytest.Config, name: str) -> str:
+    """An option's value: the command line first, then the ini file."""
+    value = config.getoption(name)
+    return str(value if value is not None else config.getini(name))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register markers and validate options."""
+    config.addinivalue_line("markers", "neps_swarm(**kwargs): default arguments of neps_swarm")
+    config.addinivalue_line("markers", "stress: long-running stress test (opt-in)")
+    keep = option(config, "neps_keep_run_dirs")
+    if keep not in KEEP_CHOICES:
+        raise pytest.UsageError(f"--neps-keep-run-dirs must be one of {KEEP_CHOICES}, not {keep!r}")
+    method = option(config, "neps_start_method")
+    if method not in ("spawn", "forkserver", "fork"):
+        raise pytest.UsageError(
+            f"--neps-start-method must be spawn, forkserver or fork: {method!r}"
+        )
+    for name in ("neps_workers", "neps_swarm_timeout"):
+        try:
+            float(option(config, name))
+        except ValueError:
+            raise pytest.UsageError(f"{name} must be a number: {option(config, name)!r}") from None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember each phase's report on the item, so fixtures can see failures."""
+    report: pytest.TestReport = yield
+    setattr(item, f"_neps_report_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(getattr(request.node, f"_neps_report_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def neps_run_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A fresh, empty path for one run directory (not created yet), unique per test.
+
+    On failure its location is added to the report; it is kept or removed
+    according to ``--neps-keep-run-dirs``.
+    """
+    name = re.sub(r"[^\w.-]", "_", request.node.name)[:40]
+    base = tmp_path_factory.mktemp(f"neps-{name}", numbered=True)
+    path = base / "run"
+    yield path
+    keep = option(request.config, "neps_keep_run_dirs")
+    failed = _failed(request)
+    if failed:
+        request.node.add_report_section("teardown", "neps run directory", str(path))
+    if keep == "always" or (keep == "on-failure" and failed):
+        return
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def neps_state_factory(neps_run_dir: Path) -> Callable[..., NePSState]:
+    """Open (or create) handles on the test's run directory.
+
+    ``factory(optimizer_info=None, optimizer_state=None, settings=None, cls=NePSState)``;
+    each call is another handle, as another worker would hold.
+    """
+
+    def factory(
+        *,
+        optimizer_info: OptimizerInfo | None = None,
+        optimizer_state: OptimizationState | None = None,
+        settings: Settings | None = None,
+        cls: type[NePSState] = NePSState,
+    ) -> NePSState:
+        return cls.create_or_load(
+            neps_run_dir,
+            optimizer_info=optimizer_info or DEFAULT_INFO,
+            optimizer_state=optimizer_state
+            or OptimizationState(budget=None, seed_snapshot=SeedSnapshot.new_capture()),
+            settings=settings or Settings.from_env(),
+        )
+
+    return factory
+
+
+@pytest.fixture
+def neps_state(neps_state_factory: Callable[..., NePSState]) -> NePSState:
+    """A ``NePSState`` created in ``neps_run_dir`` with a default optimizer info and state."""
+    return neps_state_factory()
