@@ -95,7 +95,7 @@ class FileLocker:
                     self.path, self.settings.lock_timeout or 0.0, LOCK_TIMEOUT_ENV
                 )
             # Jitter keeps waiters from waking in lock-step and convoying.
-            pause = backoff * (0.5 + random.random())  # noqa: S311 - not cryptographic
+            pause = backoff * (0.5 + random.random())
             if deadline is not None:
                 pause = min(pause, max(deadline - now, 0.0))
             time.sleep(pause)

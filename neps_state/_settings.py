@@ -49,20 +49,10 @@ class Settings:
     """``fsync``: every acknowledged commit is on stable storage; ``os``: left to the OS."""
 
     def __post_init__(self) -> None:
-        if self.lock_timeout is not None and not self.lock_timeout > 0:
-            raise SettingsError(f"lock_timeout must be > 0 or None, got {self.lock_timeout!r}")
-        if not (self.lock_poll > 0 and math.isfinite(self.lock_poll)):
-            raise SettingsError(f"lock_poll must be a positive number, got {self.lock_poll!r}")
-        if self.consolidation_limit < 1:
-            raise SettingsError(
-                f"consolidation_limit must be >= 1, got {self.consolidation_limit!r}"
-            )
-        if not (self.consolidation_ratio >= 0 and math.isfinite(self.consolidation_ratio)):
-            raise SettingsError(
-                f"consolidation_ratio must be >= 0, got {self.consolidation_ratio!r}"
-            )
-        if self.durability not in ("fsync", "os"):
-            raise SettingsError(f"durability must be 'fsync' or 'os', got {self.durability!r}")
+        for f in fields(self):
+            problem = _problem(f.name, getattr(self, f.name))
+            if problem:
+                raise SettingsError(f"{f.name} {problem}")
 
     @property
     def fsync(self) -> bool:
@@ -87,13 +77,33 @@ class Settings:
             if raw is None:
                 continue
             try:
-                values[field.name] = parsers[field.name](raw.strip())
+                value = parsers[field.name](raw.strip())
             except ValueError as e:
                 raise SettingsError(f"{name}={raw!r}: {e}") from None
-        try:
-            return cls(**values)  # type: ignore[arg-type]
-        except SettingsError as e:
-            raise SettingsError(f"from the environment: {e}") from None
+            problem = _problem(field.name, value)
+            if problem:
+                raise SettingsError(f"{name}={raw!r}: {problem}")
+            values[field.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _problem(name: str, value: object) -> str:
+    """What is wrong with ``value`` for the setting ``name`` ('' when nothing)."""
+    if name == "lock_timeout" and value is not None:
+        ok = isinstance(value, int | float) and value > 0
+        return "" if ok else f"must be a positive number of seconds or None, not {value!r}"
+    if name == "lock_poll":
+        ok = isinstance(value, int | float) and 0 < value < math.inf
+        return "" if ok else f"must be a positive number of seconds, not {value!r}"
+    if name == "consolidation_limit":
+        ok = isinstance(value, int) and value >= 1
+        return "" if ok else f"must be an integer >= 1, not {value!r}"
+    if name == "consolidation_ratio":
+        ok = isinstance(value, int | float) and 0 <= value < math.inf
+        return "" if ok else f"must be a number >= 0, not {value!r}"
+    if name == "durability":
+        return "" if value in ("fsync", "os") else f"must be 'fsync' or 'os', not {value!r}"
+    return ""
 
 
 def _optional_float(raw: str) -> float | None:

@@ -77,7 +77,9 @@ class NePSState:
         self._optimizer_lock = FileLocker(path / ".optimizer.lock", settings)
         self._err_lock = FileLocker(path / ".errors.lock", settings)
         self._errors = ErrorLog(self._shared_errors_path, self._err_lock, fsync=settings.fsync)
-        self._trial_repo = self.repo_class(path / CONFIGS_DIR, settings=settings, errors=self._errors)
+        self._trial_repo = self.repo_class(
+            path / CONFIGS_DIR, settings=settings, errors=self._errors
+        )
 
     def __reduce__(self) -> tuple[type[NePSState], tuple[Path, Settings]]:
         # Only the location travels; the new process opens its own descriptors.
@@ -231,8 +233,9 @@ class NePSState:
             )
         view = self._trial_repo.view
         directory = self._trial_repo.directory
+        now = time.time()
         trials = []
-        for c in configs:
+        for i, c in enumerate(configs):
             previous_location = None
             if c.previous_config_id is not None:
                 previous = view.get(c.previous_config_id)
@@ -246,7 +249,9 @@ class NePSState:
                     location=str(directory / f"config_{validate_trial_id(c.id)}"),
                     previous_trial=c.previous_config_id,
                     previous_trial_location=previous_location,
-                    time_sampled=time.time(),
+                    # Strictly increasing within a batch: "earliest sampled" is then
+                    # the order the optimizer proposed them in, never a tie.
+                    time_sampled=now + i * 1e-6,
                     worker_id=worker_id,
                 )
             )

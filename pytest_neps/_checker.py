@@ -51,7 +51,7 @@ def check_run_dir(path: Path | str, histories: Sequence[Op] | None = None) -> li
     if not root.is_dir():
         return [Violation("layout", str(root), "is not a directory")]
     _check_optimizer_files(root, out)
-    snap = _read(root, out)
+    snap = read_run_dir(root, out)
     _check_trials(root, snap, out)
     _check_errors(root, snap, out)
     if histories is not None:
@@ -77,7 +77,8 @@ def _check_optimizer_files(root: Path, out: list[Violation]) -> None:
             out.append(Violation("files parse", str(state), _short(e)))
 
 
-def _read(root: Path, out: list[Violation]) -> Snapshot:
+def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
+    """Read the trial folders, the cache and the error dump; note unreadable parts in ``out``."""
     configs = root / "configs"
     folders: dict[str, Trial] = {}
     if configs.is_dir():
@@ -98,8 +99,9 @@ def _read(root: Path, out: list[Violation]) -> Snapshot:
 def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
     path = configs / ".trial_cache.pkl"
     intent = configs / ".trial_cache.intent"
-    if intent.exists():
-        payloads, _ = parse_frames(intent.read_bytes(), 0)
+    marker = intent.read_bytes() if intent.exists() else b""
+    if marker:
+        payloads, _ = parse_frames(marker, 0)
         if not payloads or payloads[0]:
             out.append(Violation("recovery", str(intent), "a writer died; recovery is pending"))
     try:

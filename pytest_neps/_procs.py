@@ -171,6 +171,19 @@ class Group:
                 out.error, out.traceback = value, tb
         return out
 
+    def run(
+        self, tasks: Sequence[Task], *, timeout: float = 120.0, together: bool = True
+    ) -> list[ProcessOutcome]:
+        """Start ``tasks`` (released together), wait for all or the deadline, and report."""
+        barrier = self.barrier(len(tasks)) if together else None
+        for task in tasks:
+            self.start(task, barrier, barrier_timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            self.wait_any(deadline - time.monotonic())
+        late = set(self.kill_all())
+        return [self.outcome(t.name, timed_out=t.name in late) for t in tasks]
+
     def close(self) -> None:
         """Kill what still runs and remove the result files."""
         self.kill_all()
@@ -192,13 +205,6 @@ def run_tasks(
     """
     group = Group(start_method)
     try:
-        barrier = group.barrier(len(tasks)) if together else None
-        for task in tasks:
-            group.start(task, barrier, barrier_timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while group.running() and time.monotonic() < deadline:
-            group.wait_any(deadline - time.monotonic())
-        late = set(group.kill_all())
-        return [group.outcome(t.name, timed_out=t.name in late) for t in tasks]
+        return group.run(tasks, timeout=timeout, together=together)
     finally:
         group.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 import random
 import shutil
@@ -79,6 +80,7 @@ class WorkerSpec:
     batch: int
     settings: Settings
     kill: KillPlan | None = None
+    log_level: int = logging.WARNING
 
 
 class _Budgeted:
@@ -149,6 +151,7 @@ def _result(op: str, value: Any) -> str:
 
 def worker_main(spec: WorkerSpec) -> dict[str, int]:
     """The standard worker loop; returns how many trials this worker evaluated."""
+    logging.getLogger("neps_state").setLevel(spec.log_level)
     rec = _Recorder(spec)
     cls: type[NePSState] = resolve(spec.impl)
     ask = _Budgeted(resolve(spec.optimizer), spec.budget)
@@ -277,6 +280,7 @@ class SwarmConfig:
     timeout: float = 120.0
     start_method: str = "spawn"
     settings: Settings = field(default_factory=lambda: Settings(durability="os"))
+    worker_log_level: int = logging.WARNING
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.trials < 0 or self.batch < 1:
@@ -503,6 +507,7 @@ class Swarm:
             batch=c.batch,
             settings=c.settings,
             kill=self._plan(),
+            log_level=c.worker_log_level,
         )
         self.specs[worker_id] = spec
         self.launcher.start(worker_id, worker_main, (spec,), barrier)

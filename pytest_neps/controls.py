@@ -153,6 +153,17 @@ class EmptyAfterCacheLoss(NePSState):
     repo_class = _AmnesicRepo
 
 
+class _ForgetfulRepo(TrialRepo):
+    def sync(self) -> None:
+        self._refresh(recovering=False)
+
+
+class NoCrashRecovery(NePSState):
+    """Ignores the in-flight marker: what a writer killed mid-operation left stays half-done."""
+
+    repo_class = _ForgetfulRepo
+
+
 CONTROLS: dict[str, type[NePSState]] = {
     "unlocked-sampling": UnlockedSampling,
     "in-place-writes": InPlaceWrites,
@@ -160,6 +171,7 @@ CONTROLS: dict[str, type[NePSState]] = {
     "stale-cache-read": StaleCacheRead,
     "lossy-consolidation": LossyConsolidation,
     "empty-after-cache-loss": EmptyAfterCacheLoss,
+    "no-crash-recovery": NoCrashRecovery,
 }
 """Every negative control by name."""
 
@@ -168,6 +180,7 @@ __all__ = [
     "EmptyAfterCacheLoss",
     "InPlaceWrites",
     "LossyConsolidation",
+    "NoCrashRecovery",
     "StaleCacheRead",
     "UnlockedCreate",
     "UnlockedSampling",

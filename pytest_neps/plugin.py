@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from neps_state import NePSState, OptimizationState, OptimizerInfo, SeedSnapshot, Settings
+from pytest_neps._swarm import SwarmConfig, SwarmResult, resolve, run_swarm
 
 KEEP_CHOICES = ("never", "on-failure", "always")
 
@@ -35,6 +36,7 @@ settings.register_profile(
     print_blob=True,
 )
 
+REFERENCE_IMPL = "neps_state:NePSState"
 DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"optimizer": "random_search"})
 
 
@@ -128,11 +130,22 @@ def neps_run_dir(
 
 
 @pytest.fixture
-def neps_state_factory(neps_run_dir: Path) -> Callable[..., NePSState]:
+def neps_impl(request: pytest.FixtureRequest) -> str:
+    """The state implementation under test, as ``"module:attribute"``.
+
+    The reference ``neps_state:NePSState`` unless ``--neps-impl`` (ini ``neps_impl``)
+    names another; override this fixture to test your own class.
+    """
+    return option(request.config, "neps_impl") or REFERENCE_IMPL
+
+
+@pytest.fixture
+def neps_state_factory(neps_run_dir: Path, neps_impl: str) -> Callable[..., NePSState]:
     """Open (or create) handles on the test's run directory.
 
-    ``factory(optimizer_info=None, optimizer_state=None, settings=None, cls=NePSState)``;
-    each call is another handle, as another worker would hold.
+    ``factory(optimizer_info=None, optimizer_state=None, settings=None, cls=None)``;
+    each call is another handle, as another worker would hold. ``cls`` defaults to
+    the implementation under test (``neps_impl``).
     """
 
     def factory(
@@ -140,8 +153,9 @@ def neps_state_factory(neps_run_dir: Path) -> Callable[..., NePSState]:
         optimizer_info: OptimizerInfo | None = None,
         optimizer_state: OptimizationState | None = None,
         settings: Settings | None = None,
-        cls: type[NePSState] = NePSState,
+        cls: type[NePSState] | None = None,
     ) -> NePSState:
+        cls = cls or resolve(neps_impl)
         return cls.create_or_load(
             neps_run_dir,
             optimizer_info=optimizer_info or DEFAULT_INFO,
@@ -157,3 +171,34 @@ def neps_state_factory(neps_run_dir: Path) -> Callable[..., NePSState]:
 def neps_state(neps_state_factory: Callable[..., NePSState]) -> NePSState:
     """A ``NePSState`` created in ``neps_run_dir`` with a default optimizer info and state."""
     return neps_state_factory()
+
+
+@pytest.fixture
+def neps_swarm(
+    request: pytest.FixtureRequest, neps_run_dir: Path, neps_impl: str
+) -> Callable[..., SwarmResult]:
+    """Run a swarm of worker processes on ``neps_run_dir`` and return its result.
+
+    Call it as ``neps_swarm(**config)``; keyword arguments are ``SwarmConfig``
+    fields (``optimizer``, ``evaluation``, ``trials``, ``kill_rate``, ...). Defaults
+    come from the ``neps_swarm`` marker, then from the ``--neps-*`` options. Then
+    call ``result.assert_consistent()``.
+    """
+    config = request.config
+    defaults: dict[str, Any] = {
+        "workers": int(float(option(config, "neps_workers"))),
+        "timeout": float(option(config, "neps_swarm_timeout")),
+        "start_method": option(config, "neps_start_method"),
+        "impl": neps_impl,
+    }
+    for marker in reversed(list(request.node.iter_markers("neps_swarm"))):
+        defaults.update(marker.kwargs)
+    runs = 0
+
+    def run(**overrides: Any) -> SwarmResult:
+        nonlocal runs
+        runs += 1
+        path = neps_run_dir if runs == 1 else neps_run_dir.with_name(f"run{runs}")
+        return run_swarm(SwarmConfig(**{**defaults, **overrides}), path)
+
+    return run

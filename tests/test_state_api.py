@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import INFO, make_state, new_opt_state, run_cycle
+
 from neps_state import (
     BudgetInfo,
     ErrDump,
@@ -62,7 +62,9 @@ def test_sample_one_and_many(state: NePSState) -> None:
     many = state.lock_and_sample_trial(random_search, worker_id="w0", n=3)
     assert [t.id for t in many] == ["1", "2", "3"]
     assert sorted(state.all_trial_ids()) == ["0", "1", "2", "3"]
-    assert all(t.metadata.state is Trial.State.PENDING for t in state.lock_and_read_trials().values())
+    assert all(
+        t.metadata.state is Trial.State.PENDING for t in state.lock_and_read_trials().values()
+    )
     assert one.metadata.location == str(state.path / "configs" / "config_0")
 
 
@@ -155,9 +157,16 @@ def test_report_success_failed_crashed_and_errors(state: NePSState) -> None:
     assert isinstance(errs, ErrDump)
     assert len(errs) == 1
     rec = errs.errs[0]
-    assert (rec.trial_id, rec.worker_id, rec.err_type, rec.err) == (bad.id, "w0", "ValueError", "boom")
+    assert (rec.trial_id, rec.worker_id, rec.err_type, rec.err) == (
+        bad.id,
+        "w0",
+        "ValueError",
+        "boom",
+    )
     assert rec.tb == "Traceback..."
-    report = yaml.safe_load((state.path / "configs" / f"config_{ok.id}" / "report.yaml").read_text())
+    report = yaml.safe_load(
+        (state.path / "configs" / f"config_{ok.id}" / "report.yaml").read_text()
+    )
     assert report["reported_as"] == "success"
     assert report["objective_to_minimize"] == 0.5
     assert report["err"] is None
@@ -169,8 +178,15 @@ def test_report_success_failed_crashed_and_errors(state: NePSState) -> None:
 def test_report_needs_an_evaluating_trial(state: NePSState) -> None:
     t = state.lock_and_sample_trial(fixed("a"), worker_id="w0")
     report = t.set_complete(
-        report_as="success", time_end=1.0, objective_to_minimize=1.0, cost=None,
-        learning_curve=None, err=None, tb=None, extra=None, evaluation_duration=None,
+        report_as="success",
+        time_end=1.0,
+        objective_to_minimize=1.0,
+        cost=None,
+        learning_curve=None,
+        err=None,
+        tb=None,
+        extra=None,
+        evaluation_duration=None,
     )
     with pytest.raises(IllegalTransitionError, match="pending"):
         state.lock_and_report_trial_evaluation(t, report, worker_id="w0")
@@ -266,9 +282,17 @@ def test_budget_info_is_computed_from_trials(run_dir: Path) -> None:
         state.lock_and_sample_trial(ask, worker_id="w0")
         t = state.lock_and_claim_next_pending_trial("w0")
         assert t is not None
-        r = t.set_complete(report_as="success", time_end=1, objective_to_minimize=1, cost=cost,
-                           learning_curve=None, err=None, tb=None, extra=None,
-                           evaluation_duration=None)
+        r = t.set_complete(
+            report_as="success",
+            time_end=1,
+            objective_to_minimize=1,
+            cost=cost,
+            learning_curve=None,
+            err=None,
+            tb=None,
+            extra=None,
+            evaluation_duration=None,
+        )
         state.lock_and_report_trial_evaluation(t, r, worker_id="w0")
     state.lock_and_sample_trial(ask, worker_id="w0")
     assert [b.used_evaluations for b in seen] == [0, 1, 2, 3]
@@ -337,7 +361,7 @@ def test_load_with_different_info_raises(run_dir: Path) -> None:
 
 
 def test_load_only(run_dir: Path) -> None:
-    with pytest.raises(NotARunDirectoryError, match="optimizer_info.yaml"):
+    with pytest.raises(NotARunDirectoryError, match=r"optimizer_info\.yaml"):
         NePSState.create_or_load(run_dir, load_only=True)
     assert not run_dir.exists()
     made = make_state(run_dir)
@@ -384,10 +408,24 @@ def test_trial_repo_api(run_dir: Path) -> None:
     state = make_state(run_dir)
     repo = TrialRepo(run_dir / "configs", settings=Settings(durability="os"))
     assert repo.latest() == {}
-    t = Trial.new(trial_id="x", config={"a": 1}, location="loc", previous_trial=None,
-                  previous_trial_location=None, time_sampled=1.0, worker_id="w")
-    u = Trial.new(trial_id="y", config={"a": 2}, location="loc", previous_trial=None,
-                  previous_trial_location=None, time_sampled=2.0, worker_id="w")
+    t = Trial.new(
+        trial_id="x",
+        config={"a": 1},
+        location="loc",
+        previous_trial=None,
+        previous_trial_location=None,
+        time_sampled=1.0,
+        worker_id="w",
+    )
+    u = Trial.new(
+        trial_id="y",
+        config={"a": 2},
+        location="loc",
+        previous_trial=None,
+        previous_trial_location=None,
+        time_sampled=2.0,
+        worker_id="w",
+    )
     repo.store_new_trial([t, u])
     assert sorted(repo.list_trial_ids()) == ["x", "y"]
     assert repo.load_trial_from_disk("x") == t
@@ -399,15 +437,24 @@ def test_trial_repo_api(run_dir: Path) -> None:
         repo.store_new_trial(u)
     with pytest.raises(TrialNotFoundError):
         repo.load_trial_from_disk("z")
-    ghost = Trial.new(trial_id="z", config={}, location="loc", previous_trial=None,
-                      previous_trial_location=None, time_sampled=2.0, worker_id="w")
+    ghost = Trial.new(
+        trial_id="z",
+        config={},
+        location="loc",
+        previous_trial=None,
+        previous_trial_location=None,
+        time_sampled=2.0,
+        worker_id="w",
+    )
     with pytest.raises(TrialNotFoundError):
         repo.update_trial(ghost)
 
 
 def test_settings_reach_the_state(run_dir: Path) -> None:
     s = Settings(lock_timeout=3, consolidation_limit=5, durability="fsync")
-    state = NePSState.create_or_load(run_dir, optimizer_info=INFO, optimizer_state=new_opt_state(), settings=s)
+    state = NePSState.create_or_load(
+        run_dir, optimizer_info=INFO, optimizer_state=new_opt_state(), settings=s
+    )
     assert state.settings == s
     run_cycle(state)
     assert pickle.loads(pickle.dumps(state)).settings == s

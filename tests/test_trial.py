@@ -7,9 +7,14 @@ import pickle
 
 import pytest
 
-from neps_state import InvalidTrialIdError, NePSError, Trial, validate_trial_id
+from neps_state import (
+    IllegalTransitionError,
+    InvalidTrialIdError,
+    NePSError,
+    Trial,
+    validate_trial_id,
+)
 from neps_state._trial import check_transition, to_plain
-from neps_state import IllegalTransitionError
 
 
 def new_trial(trial_id: str = "1") -> Trial:

@@ -1,0 +1,216 @@
+"""The ``neps-state`` command: stress runs, invariant checks, run summaries, benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+from neps_state import FAULT_POINTS, Settings, Trial
+from pytest_neps._checker import Violation, check_run_dir, read_run_dir
+from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
+
+
+class Progress:
+    """A one-line progress bar on a terminal (plain periodic lines otherwise)."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        """Draw on ``stream``, ``width`` characters wide."""
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self.start = time.monotonic()
+        self.last_plain = 0.0
+
+    def __call__(self, done: int, config: SwarmConfig, restarts: int) -> None:
+        """Redraw with ``done`` reports so far."""
+        elapsed = time.monotonic() - self.start
+        frac = min(done / config.trials, 1.0) if config.trials else 1.0
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        rate = done / elapsed if elapsed > 0 else 0.0
+        line = (
+            f"[{bar}] {done}/{config.trials} trials  {rate:6.1f} cycles/s"
+            f"  restarts {restarts}  {elapsed:5.1f} s"
+        )
+        if self.tty:
+            self.stream.write("\r" + line)
+            self.stream.flush()
+        elif elapsed - self.last_plain >= 5:
+            self.last_plain = elapsed
+            self.stream.write(line + "\n")
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def render_stress(result: SwarmResult, out: TextIO) -> None:
+    """The summary table of a stress run."""
+    s = result.summary()
+    rows = [
+        ("workers", str(s["workers"])),
+        ("trials", str(s["trials"])),
+        ("cycles (reports)", str(s["cycles"])),
+        ("wall time", f"{s['wall_s']:.2f} s"),
+        ("throughput", f"{s['cycles_per_s']:.1f} cycles/s"),
+        ("kills / restarts", f"{s['kills']} / {s['replacements']}"),
+        ("left evaluating by kills", str(len(s["stranded"]))),
+        ("trial states", ", ".join(f"{k} {v}" for k, v in sorted(s["states"].items()))),
+        ("error records", str(s["errors"])),
+    ]
+    out.write("\nneps-state stress\n")
+    out.writelines(f"  {key:<26}{value}\n" for key, value in rows)
+    out.write(f"\n  {'latency (ms)':<12}{'p50':>9}{'p95':>9}{'p99':>9}\n")
+    out.writelines(
+        f"  {op:<12}{_fmt(q['p50']):>9}{_fmt(q['p95']):>9}{_fmt(q['p99']):>9}\n"
+        for op, q in s["latency_ms"].items()
+    )
+    problems = s["violations"]
+    if problems:
+        out.write(f"\n  invariant check: FAILED, {len(problems)} problem(s)\n")
+        out.writelines(f"    - {p}\n" for p in problems)
+    else:
+        out.write("\n  invariant check: OK (0 violations)\n")
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    """Run a swarm of the reference state and report."""
+    points = tuple(p for p in args.kill_points.split(",") if p) if args.kill_points else ()
+    config = SwarmConfig(
+        workers=args.workers,
+        trials=args.trials,
+        kill_rate=args.kill_rate,
+        kill_points=points,
+        seed=args.seed,
+        observers=args.observers,
+        batch=args.batch,
+        timeout=args.timeout,
+        evaluation=args.evaluation,
+        optimizer=args.optimizer,
+        impl=args.impl,
+        settings=Settings(durability=args.durability),
+        worker_log_level=logging.WARNING if args.verbose else logging.ERROR,
+    )
+    run_dir = Path(args.dir) / "run" if args.dir else None
+    if run_dir is not None and run_dir.exists():
+        sys.stderr.write(f"{run_dir} exists already; give an empty --dir\n")
+        return 2
+    progress = Progress(sys.stderr)
+    try:
+        result = run_swarm(config, run_dir, progress=progress)
+    finally:
+        progress.close()
+    render_stress(result, sys.stdout)
+    sys.stdout.write(f"  run directory: {result.run_dir}\n")
+    if args.json:
+        summary = result.summary()
+        summary["run_dir"] = str(result.run_dir)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 1 if result.problems() else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check a run directory's invariants."""
+    violations: list[Violation] = check_run_dir(Path(args.run_dir))
+    for v in violations:
+        sys.stdout.write(f"{v}\n")
+    sys.stdout.write(
+        f"{args.run_dir}: {len(violations)} violation(s)\n"
+        if violations
+        else f"{args.run_dir}: OK\n"
+    )
+    return 1 if violations else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Summarize a run directory: trials by state, best objective, errors."""
+    problems: list[Violation] = []
+    snap = read_run_dir(Path(args.run_dir), problems)
+    trials = snap.folders
+    states = Counter(t.metadata.state.value for t in trials.values())
+    out = sys.stdout
+    out.write(f"{args.run_dir}: {len(trials)} trials\n")
+    for state in Trial.State:
+        if states[state.value]:
+            out.write(f"  {state.value:<12}{states[state.value]:>8}\n")
+    scored = [
+        (t.report.objective_to_minimize, t.id)
+        for t in trials.values()
+        if t.report is not None
+        and t.metadata.state is Trial.State.SUCCESS
+        and isinstance(t.report.objective_to_minimize, int | float)
+        and not math.isnan(t.report.objective_to_minimize)
+    ]
+    if scored:
+        best, tid = min(scored)
+        out.write(f"  best objective {best:.6g} (trial {tid}): {trials[tid].config}\n")
+    out.write(f"  error records: {len(snap.errors)}\n")
+    for rec in snap.errors[-args.errors :] if args.errors else []:
+        out.write(
+            f"    trial {rec['trial_id']} ({rec['worker_id']}): {rec['err_type']}: {rec['err']}\n"
+        )
+    for p in problems:
+        out.write(f"  unreadable: {p}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``neps-state``."""
+    parser = argparse.ArgumentParser(prog="neps-state", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log warnings of the state")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stress = sub.add_parser("stress", help="run a swarm of workers on a fresh run directory")
+    stress.add_argument("--workers", type=int, default=4)
+    stress.add_argument("--trials", type=int, default=1000)
+    stress.add_argument("--kill-rate", type=float, default=0.0, help="chance per operation")
+    stress.add_argument(
+        "--kill-points", default="", help=f"comma-separated fault points: {', '.join(FAULT_POINTS)}"
+    )
+    stress.add_argument("--seed", type=int, default=0)
+    stress.add_argument("--dir", help="where to create the run directory (default: a temp dir)")
+    stress.add_argument("--json", help="write the figures as JSON here")
+    stress.add_argument("--observers", type=int, default=1, help="lock-free reader processes")
+    stress.add_argument("--batch", type=int, default=1, help="trials sampled per ask")
+    stress.add_argument("--timeout", type=float, default=600.0)
+    stress.add_argument("--durability", choices=["fsync", "os"], default="fsync")
+    stress.add_argument("--evaluation", default="pytest_neps._evaluate:flaky")
+    stress.add_argument("--optimizer", default="pytest_neps._optimizers:random_search")
+    stress.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
+    stress.set_defaults(func=cmd_stress)
+
+    check = sub.add_parser("check", help="check a run directory's invariants (exit 0 if clean)")
+    check.add_argument("run_dir")
+    check.set_defaults(func=cmd_check)
+
+    show = sub.add_parser("show", help="trials by state, best objective, errors")
+    show.add_argument("run_dir")
+    show.add_argument("--errors", type=int, default=5, help="how many recent errors to list")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``neps-state`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

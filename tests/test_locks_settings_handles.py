@@ -1,0 +1,204 @@
+"""Locks across processes, settings from the environment, handles sent to other processes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _targets import cycles_with_handle, hold_lock, locked_increments
+from conftest import make_state, run_cycle
+
+from neps_state import LockTimeoutError, NePSState, Settings, SettingsError
+from neps_state._journal import Journal
+from neps_state._locks import FileLocker
+from pytest_neps._checker import check_run_dir
+from pytest_neps._procs import Group, Task, run_tasks
+
+
+def _contend(tmp_path: Path, *, noop: bool, procs: int = 4, n: int = 150) -> tuple[int, int]:
+    counter, occupancy = tmp_path / "counter", tmp_path / "occupied"
+    counter.write_text("0")
+    tasks = [
+        Task(f"p{i}", locked_increments, (tmp_path / "x.lock", counter, occupancy, n, noop))
+        for i in range(procs)
+    ]
+    outcomes = run_tasks(tasks, timeout=120)
+    assert all(o.ok for o in outcomes), [o.describe() for o in outcomes]
+    return int(counter.read_text()), sum(o.value for o in outcomes)
+
+
+def test_lock_excludes_other_processes(tmp_path: Path) -> None:
+    total, overlaps = _contend(tmp_path, noop=False)
+    assert (total, overlaps) == (4 * 150, 0)
+
+
+def test_lock_check_catches_a_missing_lock(tmp_path: Path) -> None:
+    total, overlaps = _contend(tmp_path, noop=True)
+    assert total < 4 * 150 or overlaps > 0
+
+
+def test_lock_timeout_names_the_lock_and_how_to_wait_longer(tmp_path: Path) -> None:
+    lock_path = tmp_path / ".configs.lock"
+    group = Group("spawn")
+    try:
+        release, held = group.ctx.Event(), group.ctx.Event()
+        group.start(Task("holder", hold_lock, (lock_path, release, held)))
+        assert held.wait(60)
+        locker = FileLocker(lock_path, Settings(lock_timeout=0.3))
+        start = time.monotonic()
+        with pytest.raises(LockTimeoutError) as info, locker.lock():
+            pass
+        assert 0.3 <= time.monotonic() - start < 5
+        message = str(info.value)
+        assert str(lock_path) in message
+        assert "0.3 s" in message
+        assert "NEPS_STATE_LOCK_TIMEOUT" in message
+        assert isinstance(info.value, TimeoutError)
+        release.set()
+        group.wait_any(60)
+        with locker.lock():  # released by the holder: free again
+            pass
+    finally:
+        group.close()
+
+
+def test_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
+    lock_path = tmp_path / ".configs.lock"
+    group = Group("spawn")
+    try:
+        release, held = group.ctx.Event(), group.ctx.Event()
+        group.start(Task("holder", hold_lock, (lock_path, release, held)))
+        assert held.wait(60)
+        group.kill("holder")
+        group.wait_any(10)
+        start = time.monotonic()
+        with FileLocker(lock_path, Settings(lock_timeout=5)).lock():
+            assert time.monotonic() - start < 1
+    finally:
+        group.close()
+
+
+def test_lock_is_reentrant_in_one_thread_and_exclusive_across_threads(tmp_path: Path) -> None:
+    locker = FileLocker(tmp_path / "x.lock", Settings(lock_timeout=5))
+    inside = threading.Event()
+    entered_by_other: list[float] = []
+
+    def other() -> None:
+        inside.wait()
+        with locker.lock():
+            entered_by_other.append(time.monotonic())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with locker.lock(), locker.lock():
+        inside.set()
+        time.sleep(0.2)
+        released_at = time.monotonic()
+    thread.join(10)
+    assert entered_by_other
+    assert entered_by_other[0] >= released_at
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_handle_is_sent_to_another_process(run_dir: Path, method: str) -> None:
+    state = make_state(run_dir)
+    run_cycle(state)
+    [outcome] = run_tasks([Task("child", cycles_with_handle, (state, 3))], start_method=method)
+    assert outcome.ok, outcome.describe()
+    assert len(state.lock_and_read_trials()) == 4
+    assert check_run_dir(run_dir) == []
+
+
+def test_incremental_reads_only_new_records_and_rereads_after_consolidation(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(durability="os", consolidation_limit=1000)
+    a, b = make_state(run_dir, settings=settings), make_state(run_dir, settings=settings)
+    for _ in range(20):
+        run_cycle(a)
+    a.lock_and_read_trials()
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        if fd != a._trial_repo._intent._fd:  # count the journal's reads, not the marker's
+            reads.append(len(data))
+        return data
+
+    monkeypatch.setattr("neps_state._journal.os.pread", counting_pread)
+    cache = run_dir / "configs" / ".trial_cache.pkl"
+    size = cache.stat().st_size
+    run_cycle(b)  # b appends three records (sample, claim, report)
+    appended = cache.stat().st_size - size
+    reads.clear()
+    assert len(a.lock_and_read_trials()) == 21
+    assert sum(reads) == appended  # a read what b appended, and nothing else
+    b.lock_and_consolidate_cache()
+    reads.clear()
+    trials = a.lock_and_read_trials()  # a notices the new generation ...
+    assert sum(reads) == cache.stat().st_size  # ... and reads it whole, once
+    assert trials == b.lock_and_read_trials()
+
+
+def test_settings_from_environment() -> None:
+    env = {
+        "NEPS_STATE_LOCK_TIMEOUT": "none",
+        "NEPS_STATE_LOCK_POLL": "0.01",
+        "NEPS_STATE_CONSOLIDATION_LIMIT": "7",
+        "NEPS_STATE_CONSOLIDATION_RATIO": "0.5",
+        "NEPS_STATE_DURABILITY": "OS",
+    }
+    s = Settings.from_env(env)
+    assert s == Settings(
+        lock_timeout=None,
+        lock_poll=0.01,
+        consolidation_limit=7,
+        consolidation_ratio=0.5,
+        durability="os",
+    )
+    assert Settings.from_env({}) == Settings()
+    with pytest.raises(AttributeError):
+        s.lock_poll = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NEPS_STATE_LOCK_TIMEOUT", "soon"),
+        ("NEPS_STATE_LOCK_TIMEOUT", "-1"),
+        ("NEPS_STATE_LOCK_POLL", "0"),
+        ("NEPS_STATE_CONSOLIDATION_LIMIT", "1.5"),
+        ("NEPS_STATE_CONSOLIDATION_LIMIT", "0"),
+        ("NEPS_STATE_DURABILITY", "sometimes"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_state_reads_settings_from_environment(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEPS_STATE_CONSOLIDATION_LIMIT", "3")
+    from conftest import INFO, new_opt_state  # noqa: PLC0415
+
+    state = NePSState.create_or_load(run_dir, optimizer_info=INFO, optimizer_state=new_opt_state())
+    assert state.settings.consolidation_limit == 3
+    assert pickle.loads(pickle.dumps(state)).settings.consolidation_limit == 3
+
+
+def test_journal_refuses_appends_that_race_it(run_dir: Path) -> None:
+    make_state(run_dir)
+    path = run_dir / "configs" / ".trial_cache.pkl"
+    first, second = Journal(path, fsync=False), Journal(path, fsync=False)
+    assert first.refresh() is not None
+    assert second.refresh() is not None
+    first.append(b"one")
+    with pytest.raises(Exception, match="lock is not being respected"):
+        second.append(b"two")
