@@ -7,6 +7,7 @@ killed mid-append; it is moved aside (never silently dropped) under the lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from neps_state._errors import CorruptedFileError, NePSError
-from neps_state._io import dump_json, load_json, save_aside, write_all
+from neps_state._io import dump_json, save_aside, write_all
 from neps_state._locks import FileLocker
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ def parse_records(path: Path, data: bytes) -> tuple[list[SerializableTrialError]
     for number, line in enumerate(data[:end].splitlines(), start=1):
         if not line.strip():
             continue
-        obj = load_json(path, line)
+        try:
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptedFileError(path, f"line {number} is not valid JSON: {e}") from None
         records.append(_record(path, number, obj))
     return records, end
 

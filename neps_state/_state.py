@@ -118,6 +118,8 @@ class NePSState:
         state = cls(root, Settings.from_env() if settings is None else settings)
         with state._optimizer_lock.lock():
             if state._optimizer_info_path.exists():
+                if not (root / CONFIGS_DIR).is_dir():
+                    raise CorruptedFileError(root / CONFIGS_DIR, "is missing or not a folder")
                 on_disk = state._read_optimizer_info()
                 if not load_only and on_disk != optimizer_info:
                     raise OptimizerInfoMismatchError(root, on_disk, optimizer_info)
@@ -151,7 +153,9 @@ class NePSState:
         data = load_yaml(p)
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise CorruptedFileError(p, "must be a mapping with a string 'name'")
-        info = data.get("info") or {}
+        if "info" not in data:
+            raise CorruptedFileError(p, "lacks the key 'info' (truncated?)")
+        info = data["info"] or {}
         if not isinstance(info, dict):
             raise CorruptedFileError(p, "'info' must be a mapping")
         return OptimizerInfo(name=data["name"], info=info)

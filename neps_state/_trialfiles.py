@@ -92,11 +92,16 @@ def read_trial(configs: Path, trial_id: str) -> Trial:
     config_path = directory / CONFIG_FILE
     config = load_yaml(config_path)
     if config is None:
-        config = {}
+        # We write an empty config as "{}": an empty file is a damaged one.
+        raise CorruptedFileError(config_path, "is empty")
     if not isinstance(config, dict):
         raise CorruptedFileError(config_path, "is not a mapping")
     report_path = directory / REPORT_FILE
     report = _report(report_path, load_yaml(report_path)) if report_path.exists() else None
+    if report is None and metadata.state.is_finished:
+        raise CorruptedFileError(
+            report_path, f"is missing, but the trial is {metadata.state.value}"
+        )
     return Trial(config=config, metadata=metadata, report=report)
 
 
