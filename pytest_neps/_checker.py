@@ -83,8 +83,6 @@ def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
     folders: dict[str, Trial] = {}
     if configs.is_dir():
         for entry in sorted(configs.iterdir()):
-            if entry.name.startswith(".staging-"):
-                out.append(Violation("recovery", str(entry), "a staging folder was left behind"))
             if not entry.name.startswith(PREFIX) or not entry.is_dir():
                 continue
             tid = entry.name[len(PREFIX) :]
@@ -172,7 +170,8 @@ def _folder_violations(folder: Path, trial: Trial, trials: dict[str, Trial]) -> 
     report = trial.report
     if state.is_finished and report is None:
         out.append(Violation("report iff finished", where, f"{state.value} but no report"))
-    if not state.is_finished and report is not None:
+    if state in (Trial.State.PENDING, Trial.State.EVALUATING) and report is not None:
+        # (A corrupted or unknown trial may keep the report it had.)
         out.append(Violation("report iff finished", where, f"{state.value} with a report"))
     if report is not None and state.is_finished and report.reported_as != state.value:
         detail = f"{state.value} reported as {report.reported_as}"

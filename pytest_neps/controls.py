@@ -112,7 +112,7 @@ class _StaleRepo(TrialRepo):
             super()._refresh(recovering=recovering)
             return
         result = self._journal.refresh()
-        if result is not None and result.reset:
+        if result is None or result.reset:
             super()._refresh(recovering=recovering)
         # Otherwise: the records other processes appended are read past, not applied.
 

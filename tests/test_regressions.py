@@ -200,13 +200,17 @@ def test_garbage_cache_tail_is_detected_not_unpickled(run_dir: Path) -> None:
 # -- defect 5: store_new_trial: exists-check then mkdir(exist_ok); cache first ----
 
 
+SAME_ID_ROUNDS = 100  # one round catches the unlocked control with p ~ 0.05 (measured)
+
+
 def _race_same_id(root: Path, impl: str, procs: int = 4) -> list[str]:
     make_state(root)
     group = Group("spawn")
     try:
         barrier = group.ctx.Barrier(procs)
         tasks = [
-            Task(f"p{i}", store_same_id_rounds, (root, ROUNDS, barrier, impl)) for i in range(procs)
+            Task(f"p{i}", store_same_id_rounds, (root, SAME_ID_ROUNDS, barrier, impl))
+            for i in range(procs)
         ]
         outcomes = group.run(tasks, timeout=180, together=False)
     finally:
@@ -215,7 +219,7 @@ def _race_same_id(root: Path, impl: str, procs: int = 4) -> list[str]:
     if lost:
         return lost
     wrong = []
-    for r in range(ROUNDS):
+    for r in range(SAME_ID_ROUNDS):
         got = sorted(o.value[r] for o in outcomes)
         if got != ["TrialAlreadyExistsError"] * (procs - 1) + ["ok"]:
             wrong.append(f"round {r}: {got}")

@@ -1,0 +1,83 @@
+"""How the harness drives a state implementation: the adapter behind ``--neps-impl``.
+
+An implementation is any class with NePS's ``NePSState`` API (``create_or_load``,
+``lock_and_sample_trial``, ...). The harness needs a few things beyond that API,
+and this adapter supplies them with fallbacks, so a downstream state needs no
+changes to be tested:
+
+- ``claim``: the atomic ``lock_and_claim_next_pending_trial`` if the class has it,
+  else the seed's two steps (get the next pending trial, then put it evaluating);
+- ``consolidate``: ``lock_and_consolidate_cache`` if the class has it.
+
+Give ``--neps-impl`` either such a class or an :class:`Impl` (``module:attribute``).
+Implementation settings travel as environment variables, which worker processes
+inherit (the reference reads ``NEPS_STATE_*``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot
+from pytest_neps._swarm import resolve
+
+REFERENCE = "neps_state:NePSState"
+DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"optimizer": "random_search"})
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A state implementation, named by import path so worker processes can load it."""
+
+    target: str = REFERENCE
+
+    @property
+    def cls(self) -> Any:
+        """The implementation's class."""
+        return resolve(self.target)
+
+    def create(self, path: Path, info: OptimizerInfo = DEFAULT_INFO) -> Any:
+        """Create (or load, if it exists with the same info) a run directory."""
+        return self.cls.create_or_load(
+            path,
+            optimizer_info=info,
+            optimizer_state=OptimizationState(
+                budget=None, seed_snapshot=SeedSnapshot.new_capture()
+            ),
+        )
+
+    def load(self, path: Path) -> Any:
+        """Open another handle on an existing run directory."""
+        return self.cls.create_or_load(path, load_only=True)
+
+    def claim(self, state: Any, worker: str) -> Any:
+        """Take the next pending trial and mark it evaluating by ``worker``."""
+        claim = getattr(state, "lock_and_claim_next_pending_trial", None)
+        if claim is not None:
+            return claim(worker)
+        trial = state.lock_and_get_next_pending_trial()
+        if trial is not None:
+            trial.set_evaluating(time_started=time.time(), worker_id=worker)
+            state.put_updated_trial(trial, hints="metadata")
+        return trial
+
+    def consolidate(self, state: Any) -> bool:
+        """Force a cache consolidation; False if the implementation has no such operation."""
+        consolidate = getattr(state, "lock_and_consolidate_cache", None)
+        if consolidate is None:
+            return False
+        consolidate()
+        return True
+
+
+def as_impl(obj: Any) -> Impl:
+    """An :class:`Impl` from an ``Impl``, a class, or an import path to either."""
+    if isinstance(obj, Impl):
+        return obj
+    if isinstance(obj, str):
+        target = resolve(obj)
+        return target if isinstance(target, Impl) else Impl(obj)
+    return Impl(f"{obj.__module__}:{obj.__qualname__}")

@@ -1,0 +1,395 @@
+"""Hypothesis properties that race real processes against one run directory.
+
+- :func:`check_race`: a drawn plan (a sequential prefix, then one batch of
+  operations per worker) runs with the batches in K processes released together;
+  the recorded history (killed operations are indeterminate) must be
+  linearizable against :class:`~pytest_neps._linearize.NePSModel`.
+- :func:`check_creation`: drawn groups of processes call ``create_or_load`` on
+  one new directory with equal, reordered and different optimizer infos.
+- :func:`check_consolidation`: drawn updates under a drawn consolidation limit,
+  with concurrent readers and crashes mid-consolidation.
+
+Each takes an implementation (see ``_impl``) and a :class:`~pytest_neps._pool.Pool`.
+A failing example reports (``hypothesis.note``) the plan and the history, and
+Hypothesis shrinks the plan; each plan runs ``repeats`` times so that a race
+that shows up once shows up again while shrinking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import note
+from hypothesis import strategies as st
+
+from neps_state import NePSError, OptimizerInfo, set_fault_hook
+from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from pytest_neps._checker import check_run_dir
+from pytest_neps._faults import KillAt
+from pytest_neps._history import HistoryWriter, Op, read_history
+from pytest_neps._impl import Impl
+from pytest_neps._linearize import Event, NePSModel, check, format_history
+from pytest_neps._pool import Call, Pool
+from pytest_neps.machines import ask
+
+OUTCOMES = ("success", "failed", "crashed")
+KILL_POINTS = (
+    "lock.acquired",
+    "store.staged",
+    "store.dir_renamed",
+    "store.committed",
+    "update.files_written",
+    "update.committed",
+)
+
+# -- races: linearizability ----------------------------------------------------------
+
+op_strategy = st.one_of(
+    st.tuples(st.just("sample"), st.integers(1, 2)),
+    st.just(("claim",)),
+    st.tuples(st.just("report"), st.sampled_from(OUTCOMES)),
+    st.just(("read",)),
+)
+
+
+def race_plans(workers: int = 3) -> st.SearchStrategy[dict[str, Any]]:
+    """A sequential prefix, one batch per worker, and maybe a kill in one worker."""
+    return st.fixed_dictionaries(
+        {
+            "prefix": st.lists(op_strategy, max_size=4),
+            "batches": st.lists(
+                st.lists(op_strategy, min_size=1, max_size=5), min_size=workers, max_size=workers
+            ),
+            "kill": st.none()
+            | st.tuples(
+                st.integers(0, workers - 1), st.sampled_from(KILL_POINTS), st.integers(1, 3)
+            ),
+        }
+    )
+
+
+def _run_ops(impl: Impl, state: Any, worker: str, ops: list[Any], rec: HistoryWriter) -> None:
+    claimed: str | None = None
+    for op in ops:
+        if op[0] == "report" and claimed is None:
+            continue  # only a trial this worker claimed can be reported
+        args = _args(op, worker, claimed)
+        seq = rec.start(op[0], (claimed,) if op[0] == "report" and claimed else (), args=args)
+        try:
+            result = _call(impl, state, worker, op, claimed)
+        except Exception as e:  # noqa: BLE001 - a raised error is a result to be judged
+            rec.end(seq, ok=False, result=type(e).__name__)
+            continue
+        if op[0] == "claim" and result is not None:
+            claimed = result
+        if op[0] == "report":
+            claimed = None
+        rec.end(seq, ok=True, result=json.dumps(result))
+
+
+def _args(op: Any, worker: str, claimed: str | None) -> list[Any]:
+    if op[0] == "sample":
+        return [op[1]]
+    if op[0] == "claim":
+        return [worker]
+    if op[0] == "report":
+        return [worker, claimed, op[1]]
+    return []
+
+
+def _call(impl: Impl, state: Any, worker: str, op: Any, claimed: str | None) -> Any:
+    if op[0] == "sample":
+        return [t.id for t in state.lock_and_sample_trial(ask, worker_id=worker, n=op[1])]
+    if op[0] == "claim":
+        trial = impl.claim(state, worker)
+        return None if trial is None else trial.id
+    if op[0] == "report":
+        trial = state.lock_and_get_trial_by_id(claimed)
+        err = None if op[1] == "success" else RuntimeError(op[1])
+        report = trial.set_complete(
+            report_as=op[1],
+            time_end=0.0,
+            objective_to_minimize=1.0,
+            cost=1.0,
+            learning_curve=None,
+            err=err,
+            tb=None,
+            extra={},
+            evaluation_duration=0.0,
+        )
+        state.lock_and_report_trial_evaluation(trial, report, worker_id=worker)
+        return True
+    return sorted([t.id, t.metadata.state.value] for t in state.lock_and_read_trials().values())
+
+
+@dataclass(frozen=True)
+class RaceJob:
+    """One worker's part of a race: its batch, where it records, and maybe a kill."""
+
+    impl: Impl
+    root: Path
+    worker: str
+    ops: list[Any]
+    history: Path
+    kill: tuple[str, int] | None = None
+
+
+def race_worker(job: RaceJob) -> None:
+    """One worker's batch (runs in a pool process); a kill plan SIGKILLs it mid-batch."""
+    state = job.impl.load(job.root)
+    rec = HistoryWriter(job.history, job.worker)
+    previous = set_fault_hook(None if job.kill is None else KillAt(*job.kill))
+    try:
+        _run_ops(job.impl, state, job.worker, job.ops, rec)
+    finally:
+        set_fault_hook(previous)
+
+
+def _event(op: Op) -> Event:
+    args = tuple(op.args.get("args", []))
+    if op.op == "sample":
+        args = (int(args[0]),)
+    result: Any = None
+    if op.completed:
+        result = _result(op)
+    return Event(op.worker, op.op, args, result, op.start_ns, op.end_ns)
+
+
+def _result(op: Op) -> Any:
+    if not op.ok:
+        return op.result  # the error's type name: never legal in the model
+    value = json.loads(op.result)
+    if op.op == "sample":
+        return tuple(value)
+    if op.op == "read":
+        return tuple((tid, state) for tid, state in value)
+    return value
+
+
+def run_race(impl: Impl, plan: dict[str, Any], pool: Pool, root: Path) -> list[Event]:
+    """Run a plan once and return its history (prefix, batches, a final read)."""
+    tmp = root.parent
+    state = impl.create(root)
+    prefix = tmp / "prefix.jsonl"
+    _run_ops(impl, state, "prefix", plan["prefix"], HistoryWriter(prefix, "prefix"))
+    kill = plan["kill"]
+    calls: list[Call] = []
+    for k, ops in enumerate(plan["batches"]):
+        plan_k = (kill[1], kill[2]) if kill is not None and kill[0] == k else None
+        job = RaceJob(impl, root, f"w{k}", ops, tmp / f"w{k}.jsonl", plan_k)
+        calls.append((race_worker, (job,)))
+    outcomes = pool.run(calls, timeout=60)
+    problems = [o.describe() for o in outcomes if not o.ok and o.signal != 9]
+    killed_unplanned = [o for o in outcomes if o.signal == 9 and kill is None]
+    if problems or killed_unplanned:
+        raise AssertionError("race workers failed:\n" + "\n".join(problems))
+    final = tmp / "final.jsonl"
+    _run_ops(impl, impl.load(root), "final", [("read",)], HistoryWriter(final, "final"))
+    events = []
+    for path in [prefix, *(tmp / f"w{k}.jsonl" for k in range(len(calls))), final]:
+        if path.exists():
+            events += [_event(op) for op in read_history(path, path.stem)[0]]
+    return events
+
+
+def check_race(impl: Impl, plan: dict[str, Any], pool: Pool, repeats: int = 2) -> None:
+    """Run ``plan`` (up to ``repeats`` times); fail unless every history is linearizable."""
+    note(f"plan: {plan}")
+    for attempt in range(repeats):
+        tmp = Path(tempfile.mkdtemp(prefix="neps-race-"))
+        try:
+            events = run_race(impl, plan, pool, tmp / "run")
+            verdict = check(events, NePSModel())
+            if not verdict.ok:
+                note(f"attempt {attempt + 1}: history\n{format_history(events)}")
+                note(verdict.explanation)
+                raise AssertionError("the history is not linearizable (see the notes)")
+            violations = check_run_dir(tmp / "run")
+            assert not violations, "\n".join(map(str, violations))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- creation races --------------------------------------------------------------
+
+INFOS: dict[str, OptimizerInfo] = {
+    "A": OptimizerInfo("A", {"x": 1, "y": [1, 2], "z": {"p": 1, "q": 2}}),
+    "A-reordered": OptimizerInfo("A", {"z": {"q": 2, "p": 1}, "y": (1, 2), "x": 1}),
+    "B": OptimizerInfo("B", {"x": 1}),
+    "A-different": OptimizerInfo("A", {"x": 2, "y": [1, 2], "z": {"p": 1, "q": 2}}),
+}
+_FAMILY = {"A": "A", "A-reordered": "A", "B": "B", "A-different": "A2"}
+
+
+def create_worker(impl: Impl, root: Path, info: str) -> str:
+    """Call ``create_or_load`` once; return "ok", the NePSError's type, or "other: ..."."""
+    try:
+        impl.create(root, INFOS[info])
+    except NePSError as e:
+        return type(e).__name__
+    except Exception as e:  # noqa: BLE001 - any other exception is the finding
+        return f"other: {type(e).__name__}: {e}"
+    return "ok"
+
+
+def check_creation(impl: Impl, infos: list[str], pool: Pool) -> None:
+    """Racing creators: exactly one info wins, every other gets a NePSError, files complete."""
+    tmp = Path(tempfile.mkdtemp(prefix="neps-create-"))
+    root = tmp / "run"
+    try:
+        outcomes = pool.run([(create_worker, (impl, root, name)) for name in infos], timeout=60)
+        lost = [o.describe() for o in outcomes if not o.ok]
+        assert not lost, "creator processes died:\n" + "\n".join(lost)
+        results = [o.value for o in outcomes]
+        note(f"creators: {list(zip(infos, results, strict=True))}")
+        on_disk = yaml.safe_load((root / "optimizer_info.yaml").read_bytes())
+        pickle.loads((root / "optimizer_state.pkl").read_bytes())  # noqa: S301 - our own run
+        winners = {_FAMILY[n] for n, r in zip(infos, results, strict=True) if r == "ok"}
+        assert len(winners) == 1, f"{len(winners)} infos won: {winners}"
+        family = winners.pop()
+        info = next(INFOS[n] for n in infos if _FAMILY[n] == family)
+        assert OptimizerInfo(on_disk["name"], on_disk["info"]) == info, (
+            "the file is not the winner's"
+        )
+        for name, result in zip(infos, results, strict=True):
+            want = "ok" if _FAMILY[name] == family else "OptimizerInfoMismatchError"
+            assert result == want, f"{name}: {result}, expected {want}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- consolidation under concurrent readers and crashes --------------------------------
+
+
+@dataclass(frozen=True)
+class ConsolidationJob:
+    """The writer's part: its updates, the consolidation limit, maybe a crash."""
+
+    impl: Impl
+    root: Path
+    steps: list[str]
+    limit: int
+    acks: Path
+    done: Path
+    crash: tuple[str, int] | None = None
+
+
+def consolidation_writer(job: ConsolidationJob) -> None:
+    """Apply the steps with consolidation every ``limit`` records; maybe die mid-consolidation."""
+    saved = dict(os.environ)
+    os.environ["NEPS_STATE_CONSOLIDATION_LIMIT"] = str(job.limit)
+    os.environ["NEPS_STATE_CONSOLIDATION_RATIO"] = "0"
+    try:
+        state = job.impl.load(job.root)
+    finally:  # pool processes serve later examples: leave their environment as it was
+        os.environ.clear()
+        os.environ.update(saved)
+    rec = HistoryWriter(job.acks, "writer")
+    hook = None
+    if job.crash is not None:
+        hook = KillAt(job.crash[0], job.crash[1], before_dying=lambda _: job.done.touch())
+    previous = set_fault_hook(hook)
+    try:
+        _run_ops(job.impl, state, "writer", [_STEP[s] for s in job.steps], rec)
+    finally:
+        set_fault_hook(previous)
+        job.done.touch()
+
+
+_STEP: dict[str, Any] = {
+    "sample": ("sample", 1),
+    "claim": ("claim",),
+    "report": ("report", "success"),
+}
+
+
+def consolidation_reader(impl: Impl, root: Path, history: Path, done: Path) -> None:
+    """Read every trial in a loop until the writer is done (or died)."""
+    state = impl.load(root)
+    rec = HistoryWriter(history, history.stem)
+    reads = 0
+    while not done.exists() and reads < 2000:
+        _run_ops(impl, state, history.stem, [("read",)], rec)
+        reads += 1
+
+
+_RANK = {"pending": 0, "evaluating": 1, "success": 2}
+
+
+def check_consolidation(
+    impl: Impl, *, steps: list[str], limit: int, crash: Any, readers: int, pool: Pool
+) -> None:
+    """No acknowledged record is lost, readers never miss one, the cache is old or new."""
+    tmp = Path(tempfile.mkdtemp(prefix="neps-consolidate-"))
+    root, done = tmp / "run", tmp / "done"
+    try:
+        impl.create(root)
+        job = ConsolidationJob(impl, root, steps, limit, tmp / "writer.jsonl", done, crash)
+        calls: list[Call] = [(consolidation_writer, (job,))]
+        calls += [
+            (consolidation_reader, (impl, root, tmp / f"reader{i}.jsonl", done))
+            for i in range(readers)
+        ]
+        outcomes = pool.run(calls, timeout=60)
+        lost = [o.describe() for o in outcomes if not o.ok and not (o.signal == 9 and crash)]
+        assert not lost, "processes died:\n" + "\n".join(lost)
+        acked = _acknowledged(tmp / "writer.jsonl")
+        _check_cache_generation(root, acked)
+        for i in range(readers):
+            _check_reads(tmp / f"reader{i}.jsonl", acked)
+        final = {
+            t.id: t.metadata.state.value for t in impl.load(root).lock_and_read_trials().values()
+        }
+        for tid, (state, _) in acked.items():
+            assert tid in final, f"acknowledged trial {tid} is lost"
+            assert _RANK[final[tid]] >= _RANK[state], f"trial {tid} went back to {final[tid]}"
+        violations = check_run_dir(root)
+        assert not violations, "\n".join(map(str, violations))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _acknowledged(path: Path) -> dict[str, tuple[str, int]]:
+    """Trial -> (state acknowledged last, when) from the writer's completed operations."""
+    acked: dict[str, tuple[str, int]] = {}
+    state_after = {"sample": "pending", "claim": "evaluating", "report": "success"}
+    for op in read_history(path, "writer")[0] if path.exists() else []:
+        if op.completed and op.ok and op.end_ns is not None:
+            value = json.loads(op.result)
+            ids = value if op.op == "sample" else [value] if op.op == "claim" else list(op.trials)
+            for tid in ids:
+                if tid is not None:
+                    acked[tid] = (state_after[op.op], op.end_ns)
+    return acked
+
+
+def _check_reads(path: Path, acked: dict[str, tuple[str, int]]) -> None:
+    for op in read_history(path, path.stem)[0]:
+        if not op.completed:
+            continue
+        assert op.ok, f"{path.stem}: a read failed: {op.result}"
+        seen = dict(json.loads(op.result))
+        for tid, (state, when) in acked.items():
+            if when < op.start_ns:
+                assert tid in seen, f"{path.stem} missed acknowledged trial {tid}"
+                assert _RANK[seen[tid]] >= _RANK[state], f"{path.stem} saw {tid} {seen[tid]}"
+
+
+def _check_cache_generation(root: Path, acked: dict[str, tuple[str, int]]) -> None:
+    # Before anyone recovers: the cache must be a whole journal (the old generation
+    # or the new one), holding every acknowledged trial.
+    data = (root / "configs" / ".trial_cache.pkl").read_bytes()
+    assert data.startswith(MAGIC), "the cache has no journal header"
+    payloads, end = parse_frames(data, HEADER_SIZE)
+    assert end == len(data), f"the cache ends in {len(data) - end} unparsable bytes"
+    ids = {t.id for p in payloads for t in pickle.loads(p)}  # noqa: S301 - our own run
+    missing = set(acked) - ids
+    assert not missing, f"the cache lost acknowledged trials {sorted(missing)}"

@@ -1,0 +1,80 @@
+"""The conformance suite: run every harness property against an implementation.
+
+In a test module of your project::
+
+    from pytest_neps.suite import *  # noqa: F403
+
+runs the model machine, the linearizability races, the creation races and the
+consolidation property against ``neps_impl`` (``--neps-impl module:attr`` or a
+fixture override). Use ``--hypothesis-profile=neps-ci`` for a CI budget and
+``neps-stress`` for long runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
+
+from pytest_neps._impl import as_impl
+from pytest_neps._pool import Pool
+from pytest_neps.machines import model_machine
+from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
+
+POOL_SIZE = 6
+
+
+@pytest.fixture(scope="module")
+def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """A pool of worker processes shared by the race properties of one module."""
+    method = request.config.getini("neps_start_method") or "spawn"
+    pool = Pool(POOL_SIZE, start_method=str(method))
+    yield pool
+    pool.close()
+
+
+def test_model_machine(neps_impl: str) -> None:
+    """Every handle's view equals an in-memory model after every step."""
+    machine = model_machine(neps_impl)
+    run_state_machine_as_test(machine, settings=settings(settings(), stateful_step_count=25))
+
+
+@given(plan=race_plans(workers=3))
+def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, plan: dict[str, Any]) -> None:
+    """Concurrent batches (with kills) leave a linearizable history."""
+    check_race(as_impl(neps_impl), plan, neps_pool)
+
+
+@given(infos=st.lists(st.sampled_from(sorted(INFOS)), min_size=2, max_size=POOL_SIZE))
+def test_creation_race(neps_impl: str, neps_pool: Pool, infos: list[str]) -> None:
+    """Exactly one optimizer info wins; every other creator gets a NePSError."""
+    check_creation(as_impl(neps_impl), infos, neps_pool)
+
+
+@given(
+    steps=st.lists(st.sampled_from(["sample", "claim", "report"]), min_size=3, max_size=20),
+    limit=st.integers(1, 4),
+    crash=st.none()
+    | st.tuples(st.sampled_from(["consolidate.written", "consolidate.renamed"]), st.integers(1, 3)),
+    readers=st.integers(1, 2),
+)
+def test_consolidation(  # noqa: PLR0917 - Hypothesis passes drawn values by name
+    neps_impl: str, neps_pool: Pool, steps: list[str], limit: int, crash: Any, readers: int
+) -> None:
+    """Consolidations under readers and crashes lose nothing; the cache is old or new."""
+    check_consolidation(
+        as_impl(neps_impl), steps=steps, limit=limit, crash=crash, readers=readers, pool=neps_pool
+    )
+
+
+__all__ = [
+    "neps_pool",
+    "test_consolidation",
+    "test_creation_race",
+    "test_model_machine",
+    "test_races_are_linearizable",
+]
