@@ -219,6 +219,9 @@ class Launcher(Protocol):
     def outcome(self, name: str, *, timed_out: bool = False) -> ProcessOutcome:
         """How an exited worker ended."""
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one worker (and everything it started)."""
+
     def kill_all(self) -> list[str]:
         """Kill every running worker (and everything it started); return their names."""
 
@@ -252,6 +255,10 @@ class LocalLauncher:
         """An exited worker's outcome."""
         return self._group.outcome(name, timed_out=timed_out)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one process group."""
+        self._group.kill(name)
+
     def kill_all(self) -> list[str]:
         """SIGKILL every process group."""
         return self._group.kill_all()
@@ -274,6 +281,7 @@ class SwarmConfig:
     observers: int = 0
     kill_after: int | None = None
     kill_rate: float = 0.0
+    kill_every: float | None = None
     kill_points: tuple[str, ...] = ()
     max_kills: int | None = None
     seed: int = 0
@@ -287,6 +295,8 @@ class SwarmConfig:
             raise ValueError("workers and batch must be >= 1, trials >= 0")
         if not 0 <= self.kill_rate < 1:
             raise ValueError("kill_rate must be in [0, 1)")
+        if self.kill_every is not None and not self.kill_every > 0:
+            raise ValueError("kill_every must be a positive number of seconds")
         unknown = set(self.kill_points) - set(FAULT_POINTS)
         if unknown:
             raise ValueError(f"unknown fault points {sorted(unknown)}; known: {FAULT_POINTS}")
@@ -301,11 +311,20 @@ class WorkerRecord:
     kills: list[Kill]
     ops: list[Op]
     replaces: str | None = None
+    killed_externally: bool = False
+
+    @property
+    def kill_requested(self) -> bool:
+        """A kill was planned: announced by the worker, or sent by the swarm at random.
+
+        (A random kill that reached a worker which had already finished does not count.)
+        """
+        return bool(self.kills) or (self.killed_externally and self.outcome.exitcode != 0)
 
     @property
     def killed_as_planned(self) -> bool:
-        """Announced a planned kill and died by SIGKILL."""
-        return bool(self.kills) and self.outcome.signal == 9
+        """A planned kill happened: the worker died by SIGKILL."""
+        return self.kill_requested and self.outcome.signal == 9
 
     @property
     def failed(self) -> bool:
@@ -343,9 +362,9 @@ class SwarmResult:
         return sum(w.killed_as_planned for w in self.workers)
 
     @property
-    def kills_announced(self) -> int:
-        """Kill announcements found in the histories."""
-        return sum(len(w.kills) for w in self.workers)
+    def kills_requested(self) -> int:
+        """Planned kills: announced in the histories, or sent at random by the swarm."""
+        return sum(w.kill_requested for w in self.workers)
 
     @property
     def replacements(self) -> int:
@@ -395,9 +414,9 @@ class SwarmResult:
         out += [str(v) for v in self.violations]
         if not self.timed_out and not self.load_error:
             out += self._budget_problems()
-        if not (self.kills_announced == self.kills == self.replacements):
+        if not (self.kills_requested == self.kills == self.replacements):
             out.append(
-                f"kill accounting: {self.kills_announced} announced, {self.kills} seen,"
+                f"kill accounting: {self.kills_requested} requested, {self.kills} seen,"
                 f" {self.replacements} replacements"
             )
         return out
@@ -477,6 +496,7 @@ class Swarm:
         self.history_dir = Path(tempfile.mkdtemp(prefix="neps-swarm-"))
         self.specs: dict[str, WorkerSpec] = {}
         self.replaces: dict[str, str] = {}
+        self.external: set[str] = set()
         self.kills_planned = 0
 
     def _plan(self) -> KillPlan | None:
@@ -524,12 +544,18 @@ class Swarm:
                 self.launcher.start(f"obs{i}", observe, (self.run_dir, stop, c.seed + i), None)
             start = time.monotonic()
             deadline = start + c.timeout
-            while self._workers_running() and time.monotonic() < deadline:
-                for name in self.launcher.wait(min(0.25, deadline - time.monotonic())):
-                    if name in self.specs:
-                        self._maybe_replace(name)
-                if self.progress is not None:
-                    self.progress(self._reports_done(), c, len(self.replaces))
+            next_kill = self._next_kill(start)
+            while time.monotonic() < deadline:
+                now = time.monotonic()
+                if now >= next_kill:
+                    self._kill_one_at_random()
+                    next_kill = self._next_kill(now)
+                wait = min(0.25, deadline - now, max(next_kill - now, 0.0))
+                # A worker may die between the wait and the running check: look once
+                # more before leaving, so that no exit goes unhandled (and unreplaced).
+                quiet = not self._handle_exits(wait) and not self._workers_running()
+                if quiet and not self._handle_exits(0.0):
+                    break
             wall = time.monotonic() - start
             stop.touch()
             while self.launcher.running() and time.monotonic() < deadline:
@@ -540,6 +566,32 @@ class Swarm:
             self.launcher.close()
             shutil.rmtree(self.history_dir, ignore_errors=True)
 
+    def _handle_exits(self, wait: float) -> bool:
+        exited = [n for n in self.launcher.wait(wait) if n in self.specs]
+        for name in exited:
+            self._maybe_replace(name)
+        if self.progress is not None:
+            self.progress(self._reports_done(), self.config, len(self.replaces))
+        return bool(exited)
+
+    def _next_kill(self, now: float) -> float:
+        c = self.config
+        if c.kill_every is None:
+            return math.inf
+        if c.max_kills is not None and self.kills_planned >= c.max_kills:
+            return math.inf
+        return now + self.rng.expovariate(1 / c.kill_every)
+
+    def _kill_one_at_random(self) -> None:
+        """SIGKILL a random running worker, wherever it is (any instruction)."""
+        alive = sorted(n for n in self.launcher.running() if n in self.specs)
+        if not alive:
+            return
+        victim = self.rng.choice(alive)
+        self.kills_planned += 1
+        self.external.add(victim)
+        self.launcher.kill(victim)
+
     def _workers_running(self) -> bool:
         return any(name in self.specs for name in self.launcher.running())
 
@@ -547,7 +599,7 @@ class Swarm:
         outcome = self.launcher.outcome(name)
         history = self.specs[name].history
         _, kills = read_history(history, name) if history.exists() else ([], [])
-        if kills and outcome.signal == 9:
+        if (kills or name in self.external) and outcome.signal == 9:
             base = name.split("r", maxsplit=1)[0]
             new = f"{base}r{sum(1 for r in self.replaces if r.startswith(base + 'r')) + 1}"
             self.replaces[new] = name
@@ -566,7 +618,11 @@ class Swarm:
         for name, spec in self.specs.items():
             ops, kills = read_history(spec.history, name) if spec.history.exists() else ([], [])
             outcome = self.launcher.outcome(name, timed_out=name in timed_out)
-            records.append(WorkerRecord(name, outcome, kills, ops, self.replaces.get(name)))
+            records.append(
+                WorkerRecord(
+                    name, outcome, kills, ops, self.replaces.get(name), name in self.external
+                )
+            )
         result = SwarmResult(
             config=self.config,
             run_dir=self.run_dir,

@@ -91,6 +91,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         workers=args.workers,
         trials=args.trials,
         kill_rate=args.kill_rate,
+        kill_every=args.kill_every,
         kill_points=points,
         seed=args.seed,
         observers=args.observers,
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--workers", type=int, default=4)
     stress.add_argument("--trials", type=int, default=1000)
     stress.add_argument("--kill-rate", type=float, default=0.0, help="chance per operation")
+    stress.add_argument(
+        "--kill-every", type=float, help="also SIGKILL a random worker every ~S seconds"
+    )
     stress.add_argument(
         "--kill-points", default="", help=f"comma-separated fault points: {', '.join(FAULT_POINTS)}"
     )

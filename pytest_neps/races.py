@@ -209,9 +209,12 @@ def check_race(impl: Impl, plan: dict[str, Any], pool: Pool, repeats: int = 2) -
             events = run_race(impl, plan, pool, tmp / "run")
             verdict = check(events, NePSModel())
             if not verdict.ok:
-                note(f"attempt {attempt + 1}: history\n{format_history(events)}")
-                note(verdict.explanation)
-                raise AssertionError("the history is not linearizable (see the notes)")
+                # In the message itself: a race that does not reproduce while Hypothesis
+                # replays it (a Flaky failure) still shows what happened.
+                raise AssertionError(
+                    f"the history is not linearizable (attempt {attempt + 1} of {repeats})"
+                    f"\nplan: {plan}\nhistory:\n{format_history(events)}\n{verdict.explanation}"
+                )
             violations = check_run_dir(tmp / "run")
             assert not violations, "\n".join(map(str, violations))
         finally:
