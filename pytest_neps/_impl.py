@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot
-from pytest_neps._swarm import resolve
+from pytest_neps._swarm import SWARM_INFO, resolve
 
 REFERENCE = "neps_state:NePSState"
-DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"optimizer": "random_search"})
+DEFAULT_INFO = SWARM_INFO  # the same as the plugin's and the swarm's: one directory, one info
 
 
 @dataclass(frozen=True)

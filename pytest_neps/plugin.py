@@ -5,6 +5,7 @@ Registered through the ``pytest11`` entry point: installing the package is enoug
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from collections.abc import Callable, Generator, Iterator
@@ -15,9 +16,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from neps_state import NePSState, OptimizationState, OptimizerInfo, SeedSnapshot, Settings
-from pytest_neps._swarm import SwarmConfig, SwarmResult, resolve, run_swarm
+from pytest_neps._swarm import SWARM_INFO, SwarmConfig, SwarmResult, resolve, run_swarm
+
+# The shipped properties assert: let pytest explain their failures. (Nothing above
+# imports them, so this comes before they are imported.)
+pytest.register_assert_rewrite("pytest_neps.machines", "pytest_neps.races", "pytest_neps.suite")
 
 KEEP_CHOICES = ("never", "on-failure", "always")
+START_METHODS = ("spawn", "forkserver", "fork")
 
 # Profiles are registered at import: Hypothesis reads --hypothesis-profile in its
 # own pytest_configure, which may run before ours.
@@ -37,7 +43,7 @@ settings.register_profile(
 )
 
 REFERENCE_IMPL = "neps_state:NePSState"
-DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"optimizer": "random_search"})
+DEFAULT_INFO = SWARM_INFO  # so that neps_state and neps_swarm can share neps_run_dir
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -75,19 +81,34 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers and validate options."""
     config.addinivalue_line("markers", "neps_swarm(**kwargs): default arguments of neps_swarm")
     config.addinivalue_line("markers", "stress: long-running stress test (opt-in)")
+    _check_options(config)
+
+
+def _usage_error(ini: str, value: str, expected: str) -> pytest.UsageError:
+    flag = "--" + ini.replace("_", "-")
+    return pytest.UsageError(f"{flag} (ini {ini}) must be {expected}, not {value!r}")
+
+
+def _check_options(config: pytest.Config) -> None:
     keep = option(config, "neps_keep_run_dirs")
     if keep not in KEEP_CHOICES:
-        raise pytest.UsageError(f"--neps-keep-run-dirs must be one of {KEEP_CHOICES}, not {keep!r}")
+        raise _usage_error("neps_keep_run_dirs", keep, "one of " + ", ".join(KEEP_CHOICES))
     method = option(config, "neps_start_method")
-    if method not in ("spawn", "forkserver", "fork"):
-        raise pytest.UsageError(
-            f"--neps-start-method must be spawn, forkserver or fork: {method!r}"
-        )
-    for name in ("neps_workers", "neps_swarm_timeout"):
-        try:
-            float(option(config, name))
-        except ValueError:
-            raise pytest.UsageError(f"{name} must be a number: {option(config, name)!r}") from None
+    if method not in START_METHODS:
+        raise _usage_error("neps_start_method", method, "one of " + ", ".join(START_METHODS))
+    workers = option(config, "neps_workers")
+    if not workers.strip().isdigit() or int(workers) < 1:
+        raise _usage_error("neps_workers", workers, "a whole number >= 1")
+    timeout = option(config, "neps_swarm_timeout")
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise _usage_error("neps_swarm_timeout", timeout, "a number of seconds > 0")
+    impl = option(config, "neps_impl")
+    if impl and not all(impl.partition(":")[::2]):
+        raise _usage_error("neps_impl", impl, "of the form 'package.module:attribute'")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -122,14 +143,15 @@ def neps_run_dir(
     yield path
     keep = option(request.config, "neps_keep_run_dirs")
     failed = _failed(request)
+    kept = keep == "always" or (keep == "on-failure" and failed)
     if failed:
-        request.node.add_report_section("teardown", "neps run directory", str(path))
-    if keep == "always" or (keep == "on-failure" and failed):
-        return
-    shutil.rmtree(base, ignore_errors=True)
+        note = "kept" if kept else f"removed: --neps-keep-run-dirs={keep}"
+        request.node.add_report_section("teardown", "neps run directory", f"{path} ({note})")
+    if not kept:
+        shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def neps_impl(request: pytest.FixtureRequest) -> str:
     """The state implementation under test, as ``"module:attribute"``.
 
@@ -186,7 +208,7 @@ def neps_swarm(
     """
     config = request.config
     defaults: dict[str, Any] = {
-        "workers": int(float(option(config, "neps_workers"))),
+        "workers": int(option(config, "neps_workers")),
         "timeout": float(option(config, "neps_swarm_timeout")),
         "start_method": option(config, "neps_start_method"),
         "impl": neps_impl,

@@ -23,6 +23,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
 from pytest_neps.machines import model_machine
+from pytest_neps.plugin import option
 from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
 
 POOL_SIZE = 6
@@ -31,8 +32,7 @@ POOL_SIZE = 6
 @pytest.fixture(scope="module")
 def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
     """A pool of worker processes shared by the race properties of one module."""
-    method = request.config.getini("neps_start_method") or "spawn"
-    pool = Pool(POOL_SIZE, start_method=str(method))
+    pool = Pool(POOL_SIZE, start_method=option(request.config, "neps_start_method"))
     yield pool
     pool.close()
 
