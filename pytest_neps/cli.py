@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from neps_state import FAULT_POINTS, Settings, Trial
 from pytest_neps._checker import Violation, check_run_dir, read_run_dir
@@ -166,6 +166,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_killmatrix(args: argparse.Namespace) -> int:
+    """SIGKILL at every fault point of every mutating operation, ``--runs`` times each."""
+    from pytest_neps._killmatrix import render_matrix, run_matrix  # noqa: PLC0415
+
+    def progress(run: Any) -> None:
+        sys.stderr.write("." if run.ok else "F")
+        sys.stderr.flush()
+
+    runs = run_matrix(args.runs, settings=Settings(durability=args.durability), progress=progress)
+    sys.stderr.write("\n")
+    render_matrix(runs, sys.stdout)
+    return 0 if all(r.ok for r in runs) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``neps-state``."""
     parser = argparse.ArgumentParser(prog="neps-state", description=__doc__)
@@ -197,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check a run directory's invariants (exit 0 if clean)")
     check.add_argument("run_dir")
     check.set_defaults(func=cmd_check)
+
+    matrix = sub.add_parser("killmatrix", help="SIGKILL at every fault point; print the matrix")
+    matrix.add_argument("--runs", type=int, default=20, help="runs per (operation, point)")
+    matrix.add_argument("--durability", choices=["fsync", "os"], default="os")
+    matrix.set_defaults(func=cmd_killmatrix)
 
     show = sub.add_parser("show", help="trials by state, best objective, errors")
     show.add_argument("run_dir")

@@ -1,156 +1,109 @@
-"""SIGKILL at every named fault point: the state loads, nothing acknowledged is lost,
-at most the in-flight trial is left evaluating, and a new worker can carry on.
+"""SIGKILL at every fault point of every mutating operation (one run per cell here;
+the stress suite runs 20). The state loads, nothing acknowledged is lost, at most
+the in-flight trial is left evaluating, and a fresh swarm finishes the run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 from pathlib import Path
 
 import pytest
-from _targets import killed_workload, torn_append_workload
-from conftest import INFO, new_opt_state, run_cycle
 
-from neps_state import FAULT_POINTS, NePSState, NotARunDirectoryError, Settings, Trial
-from neps_state._journal import HEADER_SIZE, parse_frames
+from neps_state import FAULT_POINTS, NePSState, Settings
+from neps_state._journal import frame
 from pytest_neps._checker import check_run_dir
+from pytest_neps._faults import die
+from pytest_neps._killmatrix import (
+    MATRIX,
+    Acks,
+    _one,
+    count_hits,
+    killed_workload,
+    verify,
+    workload,
+)
 from pytest_neps._procs import Task, run_tasks
 from pytest_neps.controls import NoCrashRecovery
 
 OS = Settings(durability="os")
 FSYNC = Settings(durability="fsync")
-CONSOLIDATING = Settings(durability="os", consolidation_limit=2, consolidation_ratio=0)
-
-ONE_STEP = {
-    ("pending", "evaluating"),
-    ("evaluating", "success"),
-    ("evaluating", "failed"),
-    ("evaluating", "crashed"),
-}
-
-CASES = [
-    ("lock.acquired", 1, OS),
-    ("lock.acquired", 9, OS),
-    ("lock.acquired", 31, FSYNC),
-    ("create.state_written", 1, OS),
-    ("create.info_written", 1, OS),
-    ("sample.optimizer_state_written", 1, OS),
-    ("sample.optimizer_state_written", 4, OS),
-    ("store.staged", 1, OS),
-    ("store.staged", 2, FSYNC),
-    ("store.dir_renamed", 1, OS),
-    ("store.dir_renamed", 2, OS),
-    ("store.committed", 2, OS),
-    ("update.files_written", 1, OS),
-    ("update.files_written", 2, FSYNC),
-    ("update.committed", 3, OS),
-    ("report.error_appended", 1, OS),
-    ("report.error_appended", 2, FSYNC),
-    ("consolidate.written", 1, CONSOLIDATING),
-    ("consolidate.written", 3, CONSOLIDATING),
-    ("consolidate.renamed", 2, CONSOLIDATING),
-]
+CELLS = [(op, point) for op, points in MATRIX.items() for point in points]
 
 
-def test_every_fault_point_is_covered() -> None:
-    assert {point for point, _, _ in CASES} == set(FAULT_POINTS)
+def test_the_matrix_covers_every_fault_point() -> None:
+    assert {point for _, point in CELLS} == set(FAULT_POINTS)
+    hits = count_hits(OS)
+    unreachable = [cell for cell in CELLS if not hits[cell]]
+    assert not unreachable
 
 
-def read_acks(path: Path) -> list[dict[str, str | None]]:
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
+@pytest.mark.parametrize(("op", "point"), CELLS, ids=[f"{op}-{point}" for op, point in CELLS])
+def test_sigkill_inside_operation_at_fault_point(op: str, point: str) -> None:
+    settings = FSYNC if len(point) % 2 else OS  # both durability settings across the cells
+    nth = 1 + count_hits(settings)[(op, point)] // 2  # mid-run, not only the first time
+    run = _one(op, point, nth, settings)
+    assert run.ok, "\n".join(run.problems)
 
 
-def reopen_after_crash(root: Path, settings: Settings, cls: type[NePSState]) -> NePSState:
-    try:
-        return cls.create_or_load(root, load_only=True, settings=settings)
-    except NotARunDirectoryError:
-        # Killed before the run was created: creating it now must work.
-        return cls.create_or_load(
-            root, optimizer_info=INFO, optimizer_state=new_opt_state(), settings=settings
-        )
-
-
-def verify_recovery(
-    root: Path,
-    acks: list[dict[str, str | None]],
-    settings: Settings,
-    cls: type[NePSState] = NePSState,
-) -> None:
-    assert acks
-    assert acks[-1]["op"] == "killed", f"the process died before its fault point: {acks[-1]}"
-    state = reopen_after_crash(root, settings, cls)
-    trials = state.lock_and_read_trials()
-    expected: dict[str, str] = {}
-    for ack in acks[:-1]:
-        if ack["trial"] is not None:
-            expected[ack["trial"]] = str(ack["state"])
-    for tid in expected:
-        assert tid in trials, f"acknowledged trial {tid} was lost"
-    # The operation in flight at the kill may have committed: one trial may be one
-    # legal step ahead of what was acknowledged for it.
-    ahead = [
-        (expected[tid], trials[tid].metadata.state.value)
-        for tid in expected
-        if trials[tid].metadata.state.value != expected[tid]
-    ]
-    assert len(ahead) <= 1, ahead
-    assert all(step in ONE_STEP for step in ahead), ahead
-    unacknowledged_evaluating = [
-        t.id
-        for t in trials.values()
-        if t.metadata.state is Trial.State.EVALUATING and expected.get(t.id) != "evaluating"
-    ]
-    assert len(unacknowledged_evaluating) <= 1
-    assert check_run_dir(root) == []
+def torn_append_workload(root: Path, acks_path: Path, nth: int) -> str:
+    """Die in the middle of the ``nth`` update's cache append, leaving half a record."""
+    acks = Acks(acks_path)
     cache = root / "configs" / ".trial_cache.pkl"
-    _, end = parse_frames(cache.read_bytes(), HEADER_SIZE)
-    assert end == cache.stat().st_size
-    errors = state.lock_and_get_errors()
-    errored = [t for t in trials.values() if t.report is not None and t.report.err is not None]
-    assert sorted(e.trial_id for e in errors.errs) == sorted(t.id for t in errored)
-    for _ in range(3):
-        run_cycle(state, "new-worker")
-    assert check_run_dir(root) == []
+    hits = 0
 
+    def hook(point: str) -> None:
+        nonlocal hits
+        if point != "update.files_written":
+            return
+        hits += 1
+        if hits == nth:
+            record = frame(pickle.dumps(["an update that never completed"]))
+            with cache.open("ab") as f:
+                f.write(record[: len(record) // 2])
+            acks("killed", None, "mid-append")
+            die()
 
-@pytest.mark.parametrize(
-    ("point", "nth", "settings"),
-    CASES,
-    ids=[f"{p}-{n}-{s.durability}" for p, n, s in CASES],
-)
-def test_sigkill_at_fault_point(
-    tmp_path: Path, point: str, nth: int, settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    root, acks = tmp_path / "run", tmp_path / "acks.jsonl"
-    [outcome] = run_tasks(
-        [Task("worker", killed_workload, (root, acks, settings, point, nth))], timeout=60
-    )
-    assert outcome.signal == 9, outcome.describe()
-    with caplog.at_level(logging.WARNING):
-        verify_recovery(root, read_acks(acks), settings)
+    from neps_state import set_fault_hook  # noqa: PLC0415
+
+    set_fault_hook(hook)
+    workload(root, acks, OS, lambda _: None)
+    return "finished without reaching the fault point"
 
 
 def test_crash_mid_append_truncates_the_torn_record(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root, acks = tmp_path / "run", tmp_path / "acks.jsonl"
-    [outcome] = run_tasks([Task("worker", torn_append_workload, (root, acks, OS, 3))], timeout=60)
+    [outcome] = run_tasks([Task("worker", torn_append_workload, (root, acks, 3))], timeout=60)
     assert outcome.signal == 9, outcome.describe()
     with caplog.at_level(logging.WARNING):
-        verify_recovery(root, read_acks(acks), OS)
+        problems = verify(root, acks, OS)
+    assert not problems, problems
     assert "died holding the trial lock" in caplog.text
     assert "not a complete record" in caplog.text
     assert "Rebuilding" not in caplog.text  # a crash explains the tail: truncate, not rebuild
     assert len(list((root / "configs").glob(".trial_cache.pkl.torn-*"))) == 1
 
 
-@pytest.mark.parametrize("point", ["store.dir_renamed", "update.files_written"])
-def test_recovery_check_catches_a_state_without_crash_recovery(tmp_path: Path, point: str) -> None:
+@pytest.mark.parametrize(
+    ("op", "point"), [("sample", "store.dir_renamed"), ("claim", "update.files_written")]
+)
+def test_recovery_check_catches_a_state_without_crash_recovery(
+    tmp_path: Path, op: str, point: str
+) -> None:
     root, acks = tmp_path / "run", tmp_path / "acks.jsonl"
-    [outcome] = run_tasks([Task("worker", killed_workload, (root, acks, OS, point, 2))], timeout=60)
+    task = Task("worker", killed_workload, (root, acks, OS, (op, point, 2)))
+    [outcome] = run_tasks([task], timeout=60)
     assert outcome.signal == 9, outcome.describe()
-    state = reopen_after_crash(root, OS, NoCrashRecovery)
-    state.lock_and_read_trials()
+    assert json.loads(acks.read_bytes().splitlines()[-1])["op"] == "killed"
+    NoCrashRecovery.create_or_load(root, load_only=True, settings=OS).lock_and_read_trials()
     broken = [v for v in check_run_dir(root) if v.invariant == "cache = folders"]
     assert broken, "the half-done operation was not detected"
+    # The reference, opening the same directory, repairs it.
+    NePSState.create_or_load(root, load_only=True, settings=OS).lock_and_read_trials()
+    assert check_run_dir(root) == []
+    assert os.path.exists(root / "configs")

@@ -9,35 +9,23 @@ import time
 from pathlib import Path
 
 import pytest
-from _targets import cycles_with_handle, hold_lock, locked_increments
+from _targets import cycles_with_handle
 from conftest import make_state, run_cycle
 
 from neps_state import LockTimeoutError, NePSState, Settings, SettingsError
 from neps_state._journal import Journal
 from neps_state._locks import FileLocker
 from pytest_neps._checker import check_run_dir
+from pytest_neps._lockcheck import contend, hold_lock, wait_after_killed_holder
 from pytest_neps._procs import Group, Task, run_tasks
 
 
-def _contend(tmp_path: Path, *, noop: bool, procs: int = 4, n: int = 150) -> tuple[int, int]:
-    counter, occupancy = tmp_path / "counter", tmp_path / "occupied"
-    counter.write_text("0")
-    tasks = [
-        Task(f"p{i}", locked_increments, (tmp_path / "x.lock", counter, occupancy, n, noop))
-        for i in range(procs)
-    ]
-    outcomes = run_tasks(tasks, timeout=120)
-    assert all(o.ok for o in outcomes), [o.describe() for o in outcomes]
-    return int(counter.read_text()), sum(o.value for o in outcomes)
-
-
 def test_lock_excludes_other_processes(tmp_path: Path) -> None:
-    total, overlaps = _contend(tmp_path, noop=False)
-    assert (total, overlaps) == (4 * 150, 0)
+    assert contend(tmp_path, procs=4, n=150) == (4 * 150, 0)
 
 
 def test_lock_check_catches_a_missing_lock(tmp_path: Path) -> None:
-    total, overlaps = _contend(tmp_path, noop=True)
+    total, overlaps = contend(tmp_path, procs=4, n=150, noop=True)
     assert total < 4 * 150 or overlaps > 0
 
 
@@ -67,19 +55,7 @@ def test_lock_timeout_names_the_lock_and_how_to_wait_longer(tmp_path: Path) -> N
 
 
 def test_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
-    lock_path = tmp_path / ".configs.lock"
-    group = Group("spawn")
-    try:
-        release, held = group.ctx.Event(), group.ctx.Event()
-        group.start(Task("holder", hold_lock, (lock_path, release, held)))
-        assert held.wait(60)
-        group.kill("holder")
-        group.wait_any(10)
-        start = time.monotonic()
-        with FileLocker(lock_path, Settings(lock_timeout=5)).lock():
-            assert time.monotonic() - start < 1
-    finally:
-        group.close()
+    assert wait_after_killed_holder(tmp_path / ".configs.lock") < 1
 
 
 def test_lock_is_reentrant_in_one_thread_and_exclusive_across_threads(tmp_path: Path) -> None:
