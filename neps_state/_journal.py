@@ -83,10 +83,6 @@ class Journal:
             os.close(self._fd)
         self._pid, self._fd, self._ident = -1, -1, None
 
-    def exists(self) -> bool:
-        """Whether the journal file exists."""
-        return self.path.exists()
-
     def refresh(self) -> ReadResult | None:
         """Read what was appended since the last call; None if the file is missing.
 

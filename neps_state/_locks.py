@@ -56,11 +56,6 @@ class FileLocker:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
                 self._pid = os.getpid()
 
-    @property
-    def is_held(self) -> bool:
-        """Whether this process holds the lock through this object."""
-        return self._pid == os.getpid() and self._depth > 0
-
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the lock for the duration of the ``with`` block."""

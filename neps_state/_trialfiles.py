@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from neps_state._errors import CorruptedFileError, InvalidTrialIdError, TrialNotFoundError
-from neps_state._io import dump_json, dump_yaml, load_json, load_yaml, read_file
+from neps_state._io import dump_json, dump_yaml, load_json, load_yaml
 from neps_state._trial import MetaData, Report, State, Trial, validate_trial_id
 
 TrialWriteHint = Literal["config", "metadata", "report"]
@@ -193,8 +193,3 @@ def _report(path: Path, obj: Any) -> Report:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def read_previous_id(directory: Path) -> str:
-    """The text of ``previous_trial_id.txt``."""
-    return read_file(directory / PREVIOUS_FILE).decode("utf-8", "replace").strip()

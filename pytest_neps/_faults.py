@@ -10,9 +10,8 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from neps_state import FAULT_POINTS, set_fault_hook
+from neps_state import FAULT_POINTS
 
 
 def die() -> None:
@@ -41,12 +40,3 @@ class KillAt:
             if self.before_dying is not None:
                 self.before_dying(point)
             die()
-
-
-def call_with_hook(hook: Callable[[str], None], fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn(*args)`` with ``hook`` installed as this process's fault hook."""
-    previous = set_fault_hook(hook)
-    try:
-        return fn(*args)
-    finally:
-        set_fault_hook(previous)
