@@ -76,6 +76,7 @@ class Journal:
         self.token = b""
         self.offset = 0
         self.records = 0
+        self.unsynced = False
 
     def close(self) -> None:
         """Forget the open descriptor (the next refresh reopens and re-reads)."""
@@ -123,11 +124,13 @@ class Journal:
             os.fsync(self._fd)
 
     def append(self, payload: bytes) -> None:
-        """Append one record; the caller holds the lock and has just refreshed."""
+        """Append one record (not yet fsynced: see :meth:`flush`).
+
+        The caller holds the lock and has just refreshed.
+        """
         record = frame(payload)
         write_all(self._fd, record)
-        if self.fsync:
-            os.fsync(self._fd)
+        self.unsynced = True
         end = os.lseek(self._fd, 0, os.SEEK_CUR)
         if end != self.offset + len(record):
             # With the lock held nobody else appends: this is a broken lock.
@@ -139,12 +142,24 @@ class Journal:
         self.offset = end
         self.records += 1
 
+    def flush(self) -> None:
+        """Make this handle's appends durable (with fsync durability).
+
+        Meant to be called after the lock is released: concurrent flushes of several
+        processes then share one disk commit (group commit). An operation is
+        acknowledged only after its flush, so it is durable when it returns.
+        """
+        if self.unsynced and self.fsync:
+            os.fsync(self._fd)
+        self.unsynced = False
+
     def rewrite(self, payloads: list[bytes]) -> None:
         """Atomically replace the journal with a new generation holding ``payloads``."""
         token = secrets.token_bytes(16)
         data = MAGIC + token + b"".join(frame(p) for p in payloads)
         write_atomic(self.path, data, fsync=self.fsync, fault="consolidate.written")
         fault_point("consolidate.renamed")
+        self.unsynced = False  # everything appended is in the new, fsynced generation
         self.close()
         self._reopen()
         self.offset = len(data)

@@ -85,7 +85,9 @@ class TrialRepo:
     """The trials of one run directory's ``configs/`` folder.
 
     Does no locking: every method expects the caller to hold the trial lock
-    (``NePSState`` does). The in-memory view is refreshed incrementally.
+    (``NePSState`` does). The in-memory view is refreshed incrementally. With
+    ``sync_on_commit=False`` the caller calls :meth:`flush` itself, after releasing
+    the lock and before acknowledging the operation (``NePSState`` does).
     """
 
     CACHE_FILE_NAME: ClassVar[str] = ".trial_cache.pkl"
@@ -97,10 +99,12 @@ class TrialRepo:
         *,
         settings: Settings | None = None,
         errors: ErrorLog | None = None,
+        sync_on_commit: bool = True,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.settings = Settings.from_env() if settings is None else settings
         self.errors = errors
+        self.sync_on_commit = sync_on_commit
         self.cache_path = self.directory / self.CACHE_FILE_NAME
         self._journal = Journal(self.cache_path, fsync=self.settings.fsync)
         self._intent = IntentFile(self.directory / self.INTENT_FILE_NAME)
@@ -108,7 +112,10 @@ class TrialRepo:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
-        return (_reopen, (type(self), self.directory, self.settings, self.errors))
+        return (
+            _reopen,
+            (type(self), self.directory, self.settings, self.errors, self.sync_on_commit),
+        )
 
     # -- reading --------------------------------------------------------------
 
@@ -129,6 +136,31 @@ class TrialRepo:
     def load_trial_from_disk(self, trial_id: str) -> Trial:
         """Read a trial from its folder (not from the cache)."""
         return read_trial(self.directory, trial_id)
+
+    def peek(self) -> bool:
+        """Read newly committed records without the lock; False if only ``sync`` can.
+
+        Safe without the lock because the journal only ever grows by whole, checksummed
+        records (a record being appended is not read yet) or is replaced whole. It
+        never repairs or recovers: when that is needed, it returns False.
+        """
+        if self._intent.read() is not None or not self.cache_path.exists():
+            return False
+        try:
+            result = self._journal.refresh()
+        except ForeignCacheError:
+            return False
+        if result is None:
+            return False
+        if result.reset:
+            self._index.clear()
+        for payload in result.payloads:
+            self._apply(payload)
+        return True
+
+    def flush(self) -> None:
+        """Make this handle's commits durable (fsync durability); see ``sync_on_commit``."""
+        self._journal.flush()
 
     def sync(self) -> None:
         """Bring the view up to date; first recover from a writer that died."""
@@ -271,6 +303,8 @@ class TrialRepo:
         for new, _, _ in prepared:
             self._index.put(new)
         self._maybe_consolidate()
+        if self.sync_on_commit:
+            self.flush()
 
     def update_trial(
         self,
@@ -318,6 +352,8 @@ class TrialRepo:
             self._intent.clear()
         self._index.put(new)
         self._maybe_consolidate()
+        if self.sync_on_commit:
+            self.flush()
 
     def consolidate(self) -> None:
         """Rewrite the journal as one snapshot record (atomically: old or new, never broken)."""
@@ -373,6 +409,10 @@ def _check_consistent(trial: Trial) -> None:
 
 
 def _reopen(
-    cls: type[TrialRepo], directory: Path, settings: Settings, errors: ErrorLog | None
+    cls: type[TrialRepo],
+    directory: Path,
+    settings: Settings,
+    errors: ErrorLog | None,
+    sync_on_commit: bool,
 ) -> TrialRepo:
-    return cls(directory, settings=settings, errors=errors)
+    return cls(directory, settings=settings, errors=errors, sync_on_commit=sync_on_commit)

@@ -6,6 +6,7 @@ import logging
 import pickle
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, overload
 
@@ -78,8 +79,19 @@ class NePSState:
         self._err_lock = FileLocker(path / ".errors.lock", settings)
         self._errors = ErrorLog(self._shared_errors_path, self._err_lock, fsync=settings.fsync)
         self._trial_repo = self.repo_class(
-            path / CONFIGS_DIR, settings=settings, errors=self._errors
+            path / CONFIGS_DIR, settings=settings, errors=self._errors, sync_on_commit=False
         )
+
+    @contextmanager
+    def _trials(self) -> Iterator[None]:
+        """Hold the trial lock; fsync the commits made under it after releasing it.
+
+        Flushing outside the lock lets workers that commit at the same time share
+        one disk commit; the caller returns (acknowledges) only after the flush.
+        """
+        with self._trial_lock.lock():
+            yield
+        self._trial_repo.flush()
 
     def __reduce__(self) -> tuple[type[NePSState], tuple[Path, Settings]]:
         # Only the location travels; the new process opens its own descriptors.
@@ -128,7 +140,7 @@ class NePSState:
                 raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
             else:
                 state._create(optimizer_info, optimizer_state)
-        with state._trial_lock.lock():
+        with state._trials():
             state._trial_repo.sync()
         return state
 
@@ -201,8 +213,9 @@ class NePSState:
     ) -> Trial | list[Trial]:
         """Ask the optimizer for ``n`` new trials (one if None) and store them as pending."""
         with self._optimizer_lock.lock():
-            with self._trial_lock.lock():
-                self._trial_repo.sync()
+            if not self._trial_repo.peek():  # only recovery or a rebuild needs the lock
+                with self._trials():
+                    self._trial_repo.sync()
             view = self._trial_repo.view
             opt_state = self._read_optimizer_state()
             opt_state.seed_snapshot.set_as_global_seed_state()
@@ -221,6 +234,8 @@ class NePSState:
             fault_point("sample.optimizer_state_written")
             with self._trial_lock.lock():
                 self._trial_repo.store_new_trial(trials)
+        # Durable before we return, but flushed outside both locks (see _trials).
+        self._trial_repo.flush()
         if n is None:
             return trials[0]
         return trials
@@ -265,7 +280,12 @@ class NePSState:
 
     def lock_and_claim_next_pending_trial(self, worker_id: str) -> Trial | None:
         """Take the earliest pending trial and mark it evaluating, in one critical section."""
-        with self._trial_lock.lock():
+        repo = self._trial_repo
+        if repo.peek() and not repo.view.count(State.PENDING):
+            # Nothing pending among the committed trials at this instant: a correct
+            # answer without the lock (the busy path of every idle worker).
+            return None
+        with self._trials():
             self._trial_repo.sync()
             pending = self._trial_repo.view.earliest_pending(1)
             if not pending:
@@ -297,7 +317,7 @@ class NePSState:
                 err=str(report.err),
                 tb=report.tb,
             )
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.sync()
             current = self._trial_repo.view.get(trial.id)
             if current is not None and current.metadata.state is not State.EVALUATING:
@@ -314,26 +334,26 @@ class NePSState:
         self, trial: Trial, *, hints: list[TrialWriteHint] | TrialWriteHint | None = None
     ) -> None:
         """Store a new version of an existing trial (only legal state changes)."""
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.update_trial(trial, hints=hints)
 
     # -- reading ------------------------------------------------------------------
 
     def lock_and_read_trials(self) -> dict[str, Trial]:
         """Every trial, by id."""
-        with self._trial_lock.lock():
+        with self._trials():
             return self._trial_repo.latest()
 
     def all_trial_ids(self) -> list[str]:
         """Every trial id."""
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.sync()
             return list(self._trial_repo.view)
 
     def lock_and_get_trial_by_id(self, trial_id: str) -> Trial:
         """One trial; ``TrialNotFoundError`` if there is none with this id."""
         validate_trial_id(trial_id)
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.sync()
             trial = self._trial_repo.view.get(trial_id)
         if trial is None:
@@ -359,7 +379,7 @@ class NePSState:
 
     def lock_and_get_next_pending_trial(self, n: int | None = None) -> Trial | list[Trial] | None:
         """The earliest sampled pending trial (or the ``n`` earliest); does not claim it."""
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.sync()
             pending = [
                 t.clone() for t in self._trial_repo.view.earliest_pending(1 if n is None else n)
@@ -370,7 +390,7 @@ class NePSState:
 
     def lock_and_get_current_evaluating_trials(self) -> list[Trial]:
         """Every trial being evaluated."""
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.sync()
             view = self._trial_repo.view
             return [view[tid].clone() for tid in view.ids_in(State.EVALUATING)]
@@ -382,5 +402,5 @@ class NePSState:
 
     def lock_and_consolidate_cache(self) -> None:
         """Rewrite the trial cache as one snapshot now."""
-        with self._trial_lock.lock():
+        with self._trials():
             self._trial_repo.consolidate()
