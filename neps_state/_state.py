@@ -201,17 +201,22 @@ class NePSState:
 
     @overload
     def lock_and_sample_trial(
-        self, optimizer: AskFunction, *, worker_id: str, n: None = None
+        self, optimizer: AskFunction, *, worker_id: str, n: None = None, claim: bool = False
     ) -> Trial: ...
     @overload
     def lock_and_sample_trial(
-        self, optimizer: AskFunction, *, worker_id: str, n: int
+        self, optimizer: AskFunction, *, worker_id: str, n: int, claim: bool = False
     ) -> list[Trial]: ...
 
     def lock_and_sample_trial(
-        self, optimizer: AskFunction, *, worker_id: str, n: int | None = None
+        self, optimizer: AskFunction, *, worker_id: str, n: int | None = None, claim: bool = False
     ) -> Trial | list[Trial]:
-        """Ask the optimizer for ``n`` new trials (one if None) and store them as pending."""
+        """Ask the optimizer for ``n`` new trials (one if None) and store them as pending.
+
+        With ``claim=True`` the first new trial is stored already evaluating by
+        ``worker_id``, in the same commit: a worker that samples for itself needs no
+        second critical section to claim what it sampled (and nobody can take it).
+        """
         with self._optimizer_lock.lock():
             if not self._trial_repo.peek():  # only recovery or a rebuild needs the lock
                 with self._trials():
@@ -230,6 +235,8 @@ class NePSState:
             )
             opt_state.seed_snapshot.recapture()
             trials = self._new_trials(sampled, n, worker_id)
+            if claim and trials:
+                trials[0].set_evaluating(time_started=time.time(), worker_id=worker_id)
             self._write_optimizer_state(opt_state, fsync=False)
             fault_point("sample.optimizer_state_written")
             with self._trial_lock.lock():

@@ -4,7 +4,8 @@ Every figure of ours is measured beside Optuna's ``JournalFileBackend`` in the
 same run and quoted as a ratio, so that results from a noisy machine still mean
 something. One *cycle* is what a worker does per trial:
 
-- ours: ``lock_and_sample_trial(random_search)``, ``lock_and_claim_next_pending_trial``,
+- ours: ``lock_and_sample_trial(random_search, claim=True)`` (sampled and marked
+  evaluating in one commit, as Optuna's ``ask`` creates a running trial),
   ``set_complete``, ``lock_and_report_trial_evaluation``;
 - Optuna: ``study.ask(space)`` (the same three-parameter space, so both sample
   and store a config; ``optuna_params=False`` asks without one) and ``study.tell``,
@@ -257,10 +258,7 @@ class _Ours(_Runner):
 
     def cycle(self) -> None:
         state = self.state
-        state.lock_and_sample_trial(random_search, worker_id=WORKER)
-        trial = state.lock_and_claim_next_pending_trial(WORKER)
-        if trial is None:
-            raise RuntimeError(f"{state}: nothing pending right after sampling")
+        trial = state.lock_and_sample_trial(random_search, worker_id=WORKER, claim=True)
         report = trial.set_complete(
             report_as="success",
             time_end=time.time(),
@@ -623,7 +621,8 @@ def throughput(
     ``w`` spawned processes that open the study, meet at a barrier and do
     ``cycles_per_worker`` ask+tell each on one journal file; cycles/s = cycles /
     (last end - first start). The runs alternate; with ``repeats`` > 1 each
-    figure is the median run (every run's figure is kept in ``*_runs``).
+    figure is the median run (every run's figure is kept in ``*_runs``) and the
+    ratio is the median of the ratios of the runs measured back to back.
     """
     names = _durabilities(durability)
     if not workers or min(workers) < 1 or cycles_per_worker < 1 or repeats < 1:
@@ -655,8 +654,11 @@ def throughput(
                 row: dict[str, Any] = {"workers": w, "durability": d}
                 row.update(_prefixed(_median_run(runs[d]), "ours_"))
                 row.update(opt_row)
-                row["ours_over_optuna"] = _ratio(
-                    row["ours_cycles_per_s"], opt_row.get("optuna_cycles_per_s")
+                # The median of the ratios of runs measured back to back: the disk
+                # of a shared machine drifts by several times within minutes.
+                row["ours_over_optuna"] = _median_ratio(
+                    [r["cycles_per_s"] for r in runs[d]],
+                    [r["cycles_per_s"] for r in runs["optuna"]],
                 )
                 rows.append(row)
     _add_scaling(rows)
@@ -680,6 +682,14 @@ def _ours_swarm(
     for p in ours["problems"]:
         logger.warning("ours-%s x%d: %s", durability, workers, p)
     return ours
+
+
+def _median_ratio(ours: Sequence[float | None], theirs: Sequence[float | None]) -> float | None:
+    """The median of the pairwise ratios ours[i] / theirs[i] (None if none can be formed)."""
+    ratios = sorted(
+        a / b for a, b in zip(ours, theirs, strict=False) if a is not None and b and b > 0
+    )
+    return ratios[(len(ratios) - 1) // 2] if ratios else None
 
 
 def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -784,7 +794,7 @@ def run_bench(
             "repeats": repeats,
         },
         "cycle": {
-            "ours": "lock_and_sample_trial(random_search) + lock_and_claim_next_pending_trial"
+            "ours": "lock_and_sample_trial(random_search, claim=True)"
             " + set_complete + lock_and_report_trial_evaluation",
             "optuna": "study.ask(the same 3-parameter space) + study.tell, RandomSampler"
             if optuna_params
@@ -1029,6 +1039,12 @@ def _render_throughput(result: Mapping[str, Any], stream: IO[str]) -> None:
             stream.write(f"  problem ({r['durability']}, {r['workers']} workers): {p}\n")
 
 
+Series = tuple[str, str, str, str, list[Mapping[str, Any]]]
+"""Who (``ours`` or ``optuna``), label, line style, color, rows."""
+
+_STYLES = {"fsync": "-", "os": "--"}
+
+
 def plot(result: Mapping[str, Any], path: Path | str) -> None:
     """Two panels: ms per cycle vs trials (log x), cycles/s vs workers; ours beside Optuna."""
     import matplotlib as mpl  # noqa: PLC0415 - optional dependency
@@ -1036,76 +1052,9 @@ def plot(result: Mapping[str, Any], path: Path | str) -> None:
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 - optional dependency
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    styles = {"fsync": "-", "os": "--"}
-    cost = result["cycle_cost"]
-    for d in result["durability"]:
-        mine = sorted((r for r in cost if r["durability"] == d), key=lambda r: r["trials"])
-        if mine:
-            left.plot(
-                [r["trials"] for r in mine],
-                [r["ours_ms"] for r in mine],
-                styles[d],
-                marker="o",
-                color="tab:blue",
-                label=f"neps_state ({d})",
-            )
-    optuna_rows = sorted(
-        {r["trials"]: r for r in cost if r.get("optuna_ms") is not None}.values(),
-        key=lambda r: r["trials"],
-    )
-    if optuna_rows:
-        left.plot(
-            [r["trials"] for r in optuna_rows],
-            [r["optuna_ms"] for r in optuna_rows],
-            "-",
-            marker="s",
-            color="tab:orange",
-            label="Optuna journal (fsync)",
-        )
-    left.set_xscale("log")
-    left.set_ylim(bottom=0)
-    left.set_xlabel("trials in the run (log scale)")
-    left.set_ylabel("ms per cycle (median of batches)")
-    left.set_title("Cost of one cycle as the run grows (1 process)")
-    left.grid(visible=True, which="both", alpha=0.3)
-    left.legend()
-
-    tput = result["throughput"]
-    for d in result["durability"]:
-        mine = sorted((r for r in tput if r["durability"] == d), key=lambda r: r["workers"])
-        if mine:
-            right.plot(
-                [r["workers"] for r in mine],
-                [r["ours_cycles_per_s"] or 0.0 for r in mine],
-                styles[d],
-                marker="o",
-                color="tab:blue",
-                label=f"neps_state ({d})",
-            )
-    optuna_tput = sorted(
-        {r["workers"]: r for r in tput if r.get("optuna_cycles_per_s") is not None}.values(),
-        key=lambda r: r["workers"],
-    )
-    if optuna_tput:
-        right.plot(
-            [r["workers"] for r in optuna_tput],
-            [r["optuna_cycles_per_s"] for r in optuna_tput],
-            "-",
-            marker="s",
-            color="tab:orange",
-            label="Optuna journal (fsync)",
-        )
-    if tput:
-        right.set_xscale("log", base=2)
-        ticks = sorted({r["workers"] for r in tput})
-        right.set_xticks(ticks, [str(t) for t in ticks])
-    right.set_ylim(bottom=0)
-    right.set_xlabel("worker processes")
-    right.set_ylabel("cycles per second")
-    right.set_title("Throughput of N workers on one run")
-    right.grid(visible=True, alpha=0.3)
-    right.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    _plot_cost(left, result)
+    _plot_throughput(right, result)
     m = result["machine"]
     fig.suptitle(
         f"neps_state vs Optuna JournalFileBackend: {m['cpus_usable']} CPUs,"
@@ -1114,6 +1063,118 @@ def plot(result: Mapping[str, Any], path: Path | str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _series(result: Mapping[str, Any], part: str, x: str, optuna_key: str) -> list[Series]:
+    rows = result[part]
+    out: list[Series] = [
+        (
+            "ours",
+            f"neps_state ({d})",
+            _STYLES[d],
+            "tab:blue",
+            sorted((r for r in rows if r["durability"] == d), key=lambda r: r[x]),
+        )
+        for d in result["durability"]
+    ]
+    # Optuna's figures repeat on the rows of every durability: one line.
+    optuna_rows = {r[x]: r for r in rows if r.get(optuna_key) is not None}
+    out.append(
+        (
+            "optuna",
+            "Optuna journal (fsync)",
+            "-",
+            "tab:orange",
+            sorted(optuna_rows.values(), key=lambda r: r[x]),
+        )
+    )
+    return [s for s in out if s[4]]
+
+
+def _not_measured(ax: Any, title: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _plot_cost(ax: Any, result: Mapping[str, Any]) -> None:
+    cost = result["cycle_cost"]
+    if not cost:
+        _not_measured(ax, "Cost of one cycle")
+        return
+    base = cost[0]["base_trials"]
+    for who, label, style, color, rows in _series(result, "cycle_cost", "trials", "optuna_ms"):
+        xs = [r["trials"] for r in rows]
+        marker = "s" if who == "optuna" else "o"
+        ax.plot(xs, [r[f"{who}_ms"] for r in rows], style, marker=marker, color=color, label=label)
+        refs = [r.get(f"{who}_paired_base_ms") for r in rows]
+        if None in refs:
+            continue
+        # The fresh base-size run timed in the same rounds shows the machine's drift.
+        ax.plot(xs, refs, ":", color=color, alpha=0.5, label=f"{label}: {base}-trial ref")
+        for x, r in zip(xs, rows, strict=True):
+            ax.annotate(
+                f"x{r[f'{who}_ms_vs_paired_base']:.2f}",
+                (x, r[f"{who}_ms"]),
+                textcoords="offset points",
+                xytext=(6, 6 if who == "ours" else -14),
+                fontsize=8,
+                color=color,
+            )
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("trials in the run (log scale)")
+    ax.set_ylabel("ms per cycle (median of batches)")
+    ax.set_title("Cost of one cycle as the run grows (1 process; xN = vs the ref)")
+    ax.grid(visible=True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_throughput(ax: Any, result: Mapping[str, Any]) -> None:
+    tput = result["throughput"]
+    if not tput:
+        _not_measured(ax, "Throughput")
+        return
+    for who, label, style, color, rows in _series(
+        result, "throughput", "workers", "optuna_cycles_per_s"
+    ):
+        done = [r for r in rows if r.get(f"{who}_cycles_per_s") is not None]
+        xs = [r["workers"] for r in done]
+        ys = [r[f"{who}_cycles_per_s"] for r in done]
+        runs = [[v for v in r.get(f"{who}_runs_cycles_per_s", []) if v is not None] for r in done]
+        # Repeated runs: the bar spans the slowest to the fastest run.
+        lows = [y - min(v, default=y) for y, v in zip(ys, runs, strict=True)]
+        highs = [max(v, default=y) - y for y, v in zip(ys, runs, strict=True)]
+        marker = "s" if who == "optuna" else "o"
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[lows, highs],
+            fmt=style,
+            marker=marker,
+            color=color,
+            capsize=3,
+            label=label,
+        )
+        for x, y, r in zip(xs, ys, done, strict=True):
+            if who == "ours" and r.get("ours_over_optuna") is not None:
+                ax.annotate(
+                    f"x{r['ours_over_optuna']:.2f}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(6, 6 if style == _STYLES["os"] else -12),
+                    fontsize=8,
+                    color=color,
+                )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r["workers"] for r in tput})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("worker processes")
+    ax.set_ylabel("cycles per second")
+    ax.set_title("Throughput of N workers on one run (xN = neps_state / Optuna)")
+    ax.grid(visible=True, alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

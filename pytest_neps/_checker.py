@@ -235,7 +235,7 @@ def check_histories(
             final = trials.get(tid)
             if final is None:
                 out.append(Violation("no acknowledged op lost", where, f"{op} but {tid!r} is gone"))
-            elif op.op == "claim":
+            elif op.op in ("claim", "sample_claim"):
                 claims[tid].append(op)
             elif op.op == "report":
                 if final.metadata.state.value != op.result:

@@ -7,6 +7,9 @@ changes to be tested:
 
 - ``claim``: the atomic ``lock_and_claim_next_pending_trial`` if the class has it,
   else the seed's two steps (get the next pending trial, then put it evaluating);
+- ``sample(claim=True)``: sampling a trial already evaluating, in one commit, if
+  the class supports it, else the seed's two steps;
+- ``settings``: passed to ``create_or_load`` only if it takes them;
 - ``consolidate``: ``lock_and_consolidate_cache`` if the class has it.
 
 Give ``--neps-impl`` either such a class or an :class:`Impl` (``module:attribute``).
@@ -16,16 +19,38 @@ inherit (the reference reads ``NEPS_STATE_*``).
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot
-from pytest_neps._swarm import SWARM_INFO, resolve
+from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot, Settings
 
 REFERENCE = "neps_state:NePSState"
-DEFAULT_INFO = SWARM_INFO  # the same as the plugin's and the swarm's: one directory, one info
+DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"loop": "claim-or-sample"})
+"""The optimizer info of every run the harness creates (fixtures, swarms, machines)."""
+
+
+def resolve(obj: Any) -> Any:
+    """An object given directly, or as an import path ``"package.module:attribute"``."""
+    if not isinstance(obj, str):
+        return obj
+    module, _, attr = obj.partition(":")
+    if not attr:
+        raise ValueError(f"{obj!r} is not of the form 'package.module:attribute'")
+    target: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -39,7 +64,9 @@ class Impl:
         """The implementation's class."""
         return resolve(self.target)
 
-    def create(self, path: Path, info: OptimizerInfo = DEFAULT_INFO) -> Any:
+    def create(
+        self, path: Path, info: OptimizerInfo = DEFAULT_INFO, settings: Settings | None = None
+    ) -> Any:
         """Create (or load, if it exists with the same info) a run directory."""
         return self.cls.create_or_load(
             path,
@@ -47,11 +74,32 @@ class Impl:
             optimizer_state=OptimizationState(
                 budget=None, seed_snapshot=SeedSnapshot.new_capture()
             ),
+            **self._settings(settings),
         )
 
-    def load(self, path: Path) -> Any:
+    def load(self, path: Path, settings: Settings | None = None) -> Any:
         """Open another handle on an existing run directory."""
-        return self.cls.create_or_load(path, load_only=True)
+        return self.cls.create_or_load(path, load_only=True, **self._settings(settings))
+
+    def _settings(self, settings: Settings | None) -> dict[str, Any]:
+        # Only the reference (and look-alikes) take settings; others read the environment.
+        if settings is None or not _accepts(self.cls.create_or_load, "settings"):
+            return {}
+        return {"settings": settings}
+
+    def sample(self, state: Any, ask: Any, worker: str, n: int, *, claim: bool) -> list[Any]:
+        """Sample ``n`` trials; with ``claim`` the first is evaluating by ``worker``.
+
+        Atomic where the implementation supports ``claim=True``; else the seed's two
+        steps (sample, then put the trial evaluating), whose race the harness reports.
+        """
+        if claim and _accepts(state.lock_and_sample_trial, "claim"):
+            return list(state.lock_and_sample_trial(ask, worker_id=worker, n=n, claim=True))
+        trials = list(state.lock_and_sample_trial(ask, worker_id=worker, n=n))
+        if claim and trials:
+            trials[0].set_evaluating(time_started=time.time(), worker_id=worker)
+            state.put_updated_trial(trials[0], hints="metadata")
+        return trials
 
     def claim(self, state: Any, worker: str) -> Any:
         """Take the next pending trial and mark it evaluating by ``worker``."""

@@ -32,9 +32,10 @@ from neps_state import (
 )
 from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import die
+from pytest_neps._impl import DEFAULT_INFO
 from pytest_neps._optimizers import random_search
 from pytest_neps._procs import Task, run_tasks
-from pytest_neps._swarm import SWARM_INFO, run_swarm
+from pytest_neps._swarm import run_swarm
 
 MATRIX: dict[str, tuple[str, ...]] = {
     "create": ("lock.acquired", "create.state_written", "create.info_written"),
@@ -84,7 +85,7 @@ def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], N
     mark("create")
     state = NePSState.create_or_load(
         root,
-        optimizer_info=SWARM_INFO,
+        optimizer_info=DEFAULT_INFO,
         optimizer_state=OptimizationState(budget=None, seed_snapshot=SeedSnapshot.new_capture()),
         settings=settings,
     )
@@ -175,7 +176,7 @@ def verify(root: Path, acks_path: Path, settings: Settings, *, swarm_trials: int
             return ["an acknowledged create is lost"]
         state = NePSState.create_or_load(
             root,
-            optimizer_info=SWARM_INFO,
+            optimizer_info=DEFAULT_INFO,
             optimizer_state=OptimizationState(
                 budget=None, seed_snapshot=SeedSnapshot.new_capture()
             ),

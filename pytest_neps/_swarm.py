@@ -10,7 +10,6 @@ operation; a replacement worker then starts, and the run must still finish.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import math
 import random
@@ -27,9 +26,6 @@ from neps_state import (
     FAULT_POINTS,
     ErrDump,
     NePSState,
-    OptimizationState,
-    OptimizerInfo,
-    SeedSnapshot,
     Settings,
     Trial,
     set_fault_hook,
@@ -38,24 +34,11 @@ from pytest_neps._checker import Violation, check_run_dir
 from pytest_neps._evaluate import evaluate
 from pytest_neps._faults import die
 from pytest_neps._history import HistoryWriter, Kill, Op, merge, read_history
+from pytest_neps._impl import as_impl, resolve
 from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
 
-SWARM_INFO = OptimizerInfo(name="pytest-neps-swarm", info={"loop": "claim-or-sample"})
 _REPORTED = ("success", "failed", "crashed")
-
-
-def resolve(obj: Any) -> Any:
-    """An object given directly, or as an import path ``"package.module:attribute"``."""
-    if not isinstance(obj, str):
-        return obj
-    module, _, attr = obj.partition(":")
-    if not attr:
-        raise ValueError(f"{obj!r} is not of the form 'package.module:attribute'")
-    target: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    return target
 
 
 @dataclass(frozen=True)
@@ -150,34 +133,31 @@ def _result(op: str, value: Any) -> str:
 
 
 def worker_main(spec: WorkerSpec) -> dict[str, int]:
-    """The standard worker loop; returns how many trials this worker evaluated."""
+    """The standard worker loop; returns how many trials this worker evaluated.
+
+    Claim the earliest pending trial; if there is none, sample (one trial: sampled
+    already claimed, in one commit; a batch: stored pending, then claimed).
+    """
     logging.getLogger("neps_state").setLevel(spec.log_level)
     rec = _Recorder(spec)
-    cls: type[NePSState] = resolve(spec.impl)
+    impl = as_impl(spec.impl)
     ask = _Budgeted(resolve(spec.optimizer), spec.budget)
     fn = resolve(spec.evaluation)
     wid = spec.worker_id
-    state: NePSState = rec.run(
-        "create",
-        lambda: cls.create_or_load(
-            spec.run_dir,
-            optimizer_info=SWARM_INFO,
-            optimizer_state=OptimizationState(
-                budget=None, seed_snapshot=SeedSnapshot.new_capture()
-            ),
-            settings=spec.settings,
-        ),
-    )
+    state: NePSState = rec.run("create", lambda: impl.create(spec.run_dir, settings=spec.settings))
     evaluated = 0
     while True:
-        trial: Trial | None = rec.run("claim", lambda: state.lock_and_claim_next_pending_trial(wid))
+        trial: Trial | None = rec.run("claim", lambda: impl.claim(state, wid))
         if trial is None:
-            sampled = rec.run(
-                "sample", lambda: state.lock_and_sample_trial(ask, worker_id=wid, n=spec.batch)
-            )
+            claim = spec.batch == 1
+            op = "sample_claim" if claim else "sample"
+            sample = functools.partial(impl.sample, state, ask, wid, spec.batch, claim=claim)
+            sampled = rec.run(op, sample)
             if not sampled:
                 break
-            continue
+            if not claim:
+                continue
+            trial = sampled[0]
         outcome = evaluate(fn, trial.config)
         report = trial.set_complete(
             report_as=outcome.report_as,  # type: ignore[arg-type]
@@ -633,8 +613,7 @@ class Swarm:
             timed_out=bool(timed_out),
         )
         try:
-            cls: type[NePSState] = resolve(self.config.impl)
-            final = cls.create_or_load(self.run_dir, load_only=True, settings=self.config.settings)
+            final = as_impl(self.config.impl).load(self.run_dir, settings=self.config.settings)
             result.trials = final.lock_and_read_trials()
             result.errors = final.lock_and_get_errors()
         except Exception as e:  # noqa: BLE001 - a run directory that does not load is a finding

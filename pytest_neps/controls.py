@@ -45,12 +45,14 @@ class _NoLock:
 class UnlockedSampling(NePSState):
     """Samples without the optimizer and trial locks: two workers can take one id."""
 
-    def lock_and_sample_trial(self, optimizer: Any, *, worker_id: str, n: int | None = None) -> Any:
+    def lock_and_sample_trial(
+        self, optimizer: Any, *, worker_id: str, n: int | None = None, claim: bool = False
+    ) -> Any:
         """Sample with both locks replaced by no-ops."""
         saved = self._optimizer_lock, self._trial_lock
         self._optimizer_lock = self._trial_lock = _NoLock()  # type: ignore[assignment]
         try:
-            return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n)
+            return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n, claim=claim)
         finally:
             self._optimizer_lock, self._trial_lock = saved
 

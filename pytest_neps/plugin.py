@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from neps_state import NePSState, OptimizationState, OptimizerInfo, SeedSnapshot, Settings
-from pytest_neps._swarm import SWARM_INFO, SwarmConfig, SwarmResult, resolve, run_swarm
+from pytest_neps._impl import DEFAULT_INFO, resolve
+from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
 
 # The shipped properties assert: let pytest explain their failures. (Nothing above
 # imports them, so this comes before they are imported.)
@@ -43,7 +44,6 @@ settings.register_profile(
 )
 
 REFERENCE_IMPL = "neps_state:NePSState"
-DEFAULT_INFO = SWARM_INFO  # so that neps_state and neps_swarm can share neps_run_dir
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,7 +16,7 @@ from neps_state import (
     SampledConfig,
     Settings,
 )
-from pytest_neps._swarm import resolve
+from pytest_neps._impl import resolve
 
 SETTINGS = Settings(durability="os")
 

@@ -1,0 +1,122 @@
+"""Smoke test of the benchmark: tiny sizes, shapes and sanity of the figures (no timing claims)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_neps import _bench
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_cycle_cost_rows(tmp_path: Path) -> None:
+    rows = _bench.cycle_cost((20, 60), "fsync", samples=20, directory=tmp_path)
+    assert [r["trials"] for r in rows] == [20, 60]
+    with_optuna = _bench.optuna_version() is not None
+    for r in rows:
+        assert r["durability"] == "fsync"
+        assert r["base_trials"] == 20
+        assert r["ours_trials_measured"] >= r["trials"]
+        for key in ("ms", "mean_ms", "p95_ms", "paired_base_ms", "consolidate_ms", "amortized_ms"):
+            assert _positive(r[f"ours_{key}"]), key
+        for key in ("ms_vs_base", "ms_vs_paired_base", "mean_ms_vs_base"):
+            assert _positive(r[f"ours_{key}"]), key
+        assert ("optuna_ms" in r) == with_optuna
+        if with_optuna:
+            assert _positive(r["optuna_ms"])
+            assert _positive(r["optuna_ms_vs_paired_base"])
+            assert _positive(r["ours_over_optuna"])
+    assert rows[0]["ours_ms_vs_base"] == 1.0
+    assert list(tmp_path.iterdir()) == []  # the runs are removed
+
+
+def test_bench_result_report_and_plot(tmp_path: Path) -> None:
+    result = _bench.run_bench(
+        trials=(20, 60),
+        workers=(1, 2),
+        cycles=20,
+        durability="fsync",
+        samples=20,
+        directory=tmp_path / "runs",
+    )
+    json.dumps(result)  # JSON-ready
+    assert result["durability"] == ["fsync"]
+    assert result["machine"]["cpu_count"] >= 1
+    assert result["machine"]["python"]
+    with_optuna = _bench.optuna_version() is not None
+    assert result["optuna"]["used"] == with_optuna
+    tput = result["throughput"]
+    assert [r["workers"] for r in tput] == [1, 2]
+    for r in tput:
+        assert r["ours_problems"] == []
+        assert r["ours_cycles"] == 20 * r["workers"]
+        assert _positive(r["ours_cycles_per_s"])
+        assert _positive(r["ours_scaling_vs_base"])
+        if with_optuna:
+            assert r["optuna_problems"] == []
+            assert r["optuna_cycles"] == 20 * r["workers"]
+            assert _positive(r["optuna_cycles_per_s"])
+            assert _positive(r["ours_over_optuna"])
+    assert result["headline"]["cost_ratio_60_over_20"]["fsync"] > 0
+    names = [t["name"] for t in result["targets"]]
+    assert any("4 workers" in n for n in names)
+    assert all(t["met"] is None for t in result["targets"])  # sizes too small to judge
+
+    out = io.StringIO()
+    _bench.render_report(result, out)
+    text = out.getvalue()
+    assert "Cost of one cycle" in text
+    assert "Throughput" in text
+    assert "Targets" in text
+    assert "not measured" in text
+
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    _bench.plot(result, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_bench_quick_without_optuna(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    _bench.add_bench_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--quick",
+            "--trials",
+            "10,30",
+            "--samples",
+            "10",
+            "--skip-throughput",
+            "--no-optuna",
+            "--dir",
+            str(tmp_path / "runs"),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
+    assert _bench.main_bench(args) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [r["trials"] for r in result["cycle_cost"]] == [10, 30]
+    assert result["throughput"] == []
+    assert result["optuna"]["used"] is False
+    assert "optuna: skipped" in capsys.readouterr().out
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="durability"):
+        _bench.cycle_cost((10,), "sometimes", samples=1)
+    parser = argparse.ArgumentParser()
+    _bench.add_bench_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--trials", "10,x"])
