@@ -384,6 +384,8 @@ class NePSModel:
       onwards, so ``ids`` must be the next ``n`` ids (``n=None`` means 1); they are
       appended to the pending queue in that order. All-or-nothing: an
       indeterminate sample adds all ``n`` (or, dropped by the checker, none).
+    - ``sample_claim (worker,) -> (id,)``: samples one trial (the next id) that is
+      evaluating by ``worker`` at once, never pending.
     - ``claim (worker,) -> id | None``: takes the first pending trial, which
       becomes evaluating by ``worker``; None iff nothing is pending.
     - ``report (worker, id, outcome) -> True``: legal iff the trial is evaluating
@@ -426,6 +428,14 @@ def _sample(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
     return NePSModelState(
         trials=s.trials + tuple((i, "pending", None) for i in ids), pending=s.pending + ids
     )
+
+
+def _sample_claim(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
+    (worker,) = e.args
+    tid = str(len(s.trials))
+    if done and tuple(e.result) != (tid,):
+        return None
+    return replace(s, trials=(*s.trials, (tid, "evaluating", worker)))
 
 
 def _claim(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
@@ -476,6 +486,7 @@ def _get(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
 
 _NEPS_OPS: dict[str, Callable[[NePSModelState, Event, bool], NePSModelState | None]] = {
     "sample": _sample,
+    "sample_claim": _sample_claim,
     "claim": _claim,
     "report": _report,
     "read": _read,

@@ -185,8 +185,11 @@ class Group:
         return [self.outcome(t.name, timed_out=t.name in late) for t in tasks]
 
     def close(self) -> None:
-        """Kill what still runs and remove the result files."""
+        """Kill what still runs, release every process's descriptors, remove the results."""
         self.kill_all()
+        for proc in self.procs.values():
+            proc.join()
+            proc.close()
         for path in self._dir.iterdir():
             path.unlink()
         self._dir.rmdir()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from neps_state import FAULT_POINTS, Settings, Trial
+from pytest_neps._bench import add_bench_arguments, main_bench
 from pytest_neps._checker import Violation, check_run_dir, read_run_dir
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
 
@@ -216,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--runs", type=int, default=20, help="runs per (operation, point)")
     matrix.add_argument("--durability", choices=["fsync", "os"], default="os")
     matrix.set_defaults(func=cmd_killmatrix)
+
+    bench = sub.add_parser("bench", help="cost per cycle and throughput, beside Optuna's journal")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=main_bench)
 
     show = sub.add_parser("show", help="trials by state, best objective, errors")
     show.add_argument("run_dir")

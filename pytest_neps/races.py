@@ -54,6 +54,7 @@ KILL_POINTS = (
 
 op_strategy = st.one_of(
     st.tuples(st.just("sample"), st.integers(1, 2)),
+    st.just(("sample_claim",)),
     st.just(("claim",)),
     st.tuples(st.just("report"), st.sampled_from(OUTCOMES)),
     st.just(("read",)),
@@ -90,6 +91,8 @@ def _run_ops(impl: Impl, state: Any, worker: str, ops: list[Any], rec: HistoryWr
             continue
         if op[0] == "claim" and result is not None:
             claimed = result
+        if op[0] == "sample_claim":
+            claimed = result[0]
         if op[0] == "report":
             claimed = None
         rec.end(seq, ok=True, result=json.dumps(result))
@@ -98,7 +101,7 @@ def _run_ops(impl: Impl, state: Any, worker: str, ops: list[Any], rec: HistoryWr
 def _args(op: Any, worker: str, claimed: str | None) -> list[Any]:
     if op[0] == "sample":
         return [op[1]]
-    if op[0] == "claim":
+    if op[0] in ("claim", "sample_claim"):
         return [worker]
     if op[0] == "report":
         return [worker, claimed, op[1]]
@@ -108,6 +111,8 @@ def _args(op: Any, worker: str, claimed: str | None) -> list[Any]:
 def _call(impl: Impl, state: Any, worker: str, op: Any, claimed: str | None) -> Any:
     if op[0] == "sample":
         return [t.id for t in state.lock_and_sample_trial(ask, worker_id=worker, n=op[1])]
+    if op[0] == "sample_claim":
+        return [t.id for t in impl.sample(state, ask, worker, 1, claim=True)]
     if op[0] == "claim":
         trial = impl.claim(state, worker)
         return None if trial is None else trial.id
@@ -167,7 +172,7 @@ def _result(op: Op) -> Any:
     if not op.ok:
         return op.result  # the error's type name: never legal in the model
     value = json.loads(op.result)
-    if op.op == "sample":
+    if op.op in ("sample", "sample_claim"):
         return tuple(value)
     if op.op == "read":
         return tuple((tid, state) for tid, state in value)

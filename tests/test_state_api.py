@@ -458,3 +458,30 @@ def test_settings_reach_the_state(run_dir: Path) -> None:
     assert state.settings == s
     run_cycle(state)
     assert pickle.loads(pickle.dumps(state)).settings == s
+
+
+def test_sample_and_claim_in_one_commit(run_dir: Path) -> None:
+    state, other = make_state(run_dir), make_state(run_dir)
+    cache = run_dir / "configs" / ".trial_cache.pkl"
+    size = cache.stat().st_size
+    t = state.lock_and_sample_trial(random_search, worker_id="w1", claim=True)
+    assert t.metadata.state is Trial.State.EVALUATING
+    assert t.metadata.evaluating_worker_id == "w1"
+    records = cache.read_bytes()[size:]
+    from neps_state._journal import parse_frames  # noqa: PLC0415
+
+    assert len(parse_frames(records, 0)[0]) == 1  # one commit, not two
+    assert other.lock_and_claim_next_pending_trial("w2") is None  # nobody else can take it
+    meta = json.loads((run_dir / "configs" / f"config_{t.id}" / "metadata.json").read_text())
+    assert (meta["state"], meta["evaluating_worker_id"]) == ("evaluating", "w1")
+    batch = state.lock_and_sample_trial(random_search, worker_id="w1", n=3, claim=True)
+    assert [b.metadata.state.value for b in batch] == ["evaluating", "pending", "pending"]
+
+
+def test_idle_claim_sees_a_trial_committed_by_another_handle(run_dir: Path) -> None:
+    a, b = make_state(run_dir), make_state(run_dir)
+    assert a.lock_and_claim_next_pending_trial("wa") is None  # answered without the lock
+    b.lock_and_sample_trial(fixed("x"), worker_id="wb")
+    got = a.lock_and_claim_next_pending_trial("wa")
+    assert got is not None
+    assert got.id == "x"
