@@ -42,7 +42,7 @@ from neps_state._io import (
     save_aside,
     write_atomic,
 )
-from neps_state._journal import ForeignCacheError, Journal
+from neps_state._journal import ForeignCacheError, Journal, ReadResult
 from neps_state._settings import Settings
 from neps_state._trial import MetaData, Report, State, Trial, check_transition, to_plain
 from neps_state._trialfiles import (
@@ -141,21 +141,18 @@ class TrialRepo:
         """Read newly committed records without the lock; False if only ``sync`` can.
 
         Safe without the lock because the journal only ever grows by whole, checksummed
-        records (a record being appended is not read yet) or is replaced whole. It
-        never repairs or recovers: when that is needed, it returns False.
+        records (a record being appended is not read yet) or is replaced whole, and
+        holds only committed operations (a writer that died mid-operation committed
+        nothing, or all of it). It never repairs or rebuilds: when that is needed,
+        it returns False.
         """
-        if self._intent.read() is not None or not self.cache_path.exists():
-            return False
         try:
             result = self._journal.refresh()
         except ForeignCacheError:
             return False
         if result is None:
             return False
-        if result.reset:
-            self._index.clear()
-        for payload in result.payloads:
-            self._apply(payload)
+        self._absorb(result)
         return True
 
     def flush(self) -> None:
@@ -179,10 +176,7 @@ class TrialRepo:
         if result is None:
             self._rebuild("it is missing")
             return
-        if result.reset:
-            self._index.clear()
-        for payload in result.payloads:
-            self._apply(payload)
+        self._absorb(result)
         if result.bad_tail:
             aside = save_aside(self.cache_path, "torn", result.bad_tail, fsync=self.settings.fsync)
             self._journal.truncate_tail()
@@ -195,6 +189,12 @@ class TrialRepo:
             if not recovering:
                 # No writer died, so the damage is unexplained: trust the folders.
                 self._rebuild("its tail was damaged")
+
+    def _absorb(self, result: ReadResult) -> None:
+        if result.reset:
+            self._index.clear()
+        for payload in result.payloads:
+            self._apply(payload)
 
     def _apply(self, payload: bytes) -> None:
         try:

@@ -23,7 +23,7 @@ from neps_state import (
 )
 from neps_state._index import TrialIndex
 from neps_state._io import dump_yaml
-from neps_state._journal import HEADER_SIZE, parse_frames
+from neps_state._journal import HEADER_SIZE, ReadResult, parse_frames
 from neps_state._state import OPTIMIZER_INFO_FILE
 
 
@@ -109,14 +109,10 @@ class UnlockedCreate(NePSState):
 
 
 class _StaleRepo(TrialRepo):
-    def _refresh(self, *, recovering: bool) -> None:
-        if not self._index:
-            super()._refresh(recovering=recovering)
-            return
-        result = self._journal.refresh()
-        if result is None or result.reset:
-            super()._refresh(recovering=recovering)
-        # Otherwise: the records other processes appended are read past, not applied.
+    def _absorb(self, result: ReadResult) -> None:
+        if self._index and not result.reset:
+            return  # the records other processes appended are read past, not applied
+        super()._absorb(result)
 
 
 class StaleCacheRead(NePSState):
