@@ -2,14 +2,14 @@
 
 The worker loop: claim the earliest pending trial, or sample new ones when there
 is none; evaluate; report. Until the trial budget is sampled and nothing is
-pending. Every operation is recorded (see ``_history``). Faults: a worker can be
-SIGKILLed after ``k`` operations, at random, or at a named point inside an
-operation; a replacement worker then starts, and the run must still finish.
+pending (see ``_worker``). Faults: a worker can be SIGKILLed after ``k``
+operations, at a random operation, at a named point inside an operation, or from
+outside at a random instant (``kill_every``); a replacement worker then starts,
+and the run must still finish.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import random
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,160 +25,17 @@ from typing import Any, Protocol
 from neps_state import (
     FAULT_POINTS,
     ErrDump,
-    NePSState,
     Settings,
     Trial,
-    set_fault_hook,
 )
 from pytest_neps._checker import Violation, check_run_dir
-from pytest_neps._evaluate import evaluate
-from pytest_neps._faults import die
-from pytest_neps._history import HistoryWriter, Kill, Op, merge, read_history
-from pytest_neps._impl import as_impl, resolve
+from pytest_neps._history import Kill, Op, merge, read_history
+from pytest_neps._impl import as_impl
 from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
+from pytest_neps._worker import KillPlan, WorkerSpec, worker_main
 
 _REPORTED = ("success", "failed", "crashed")
-
-
-@dataclass(frozen=True)
-class KillPlan:
-    """Kill after ``after_ops`` state operations; at ``point`` during a later one, if given."""
-
-    after_ops: int
-    point: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker process needs; picklable."""
-
-    worker_id: str
-    run_dir: Path
-    history: Path
-    impl: Any
-    optimizer: Any
-    evaluation: Any
-    budget: int
-    batch: int
-    settings: Settings
-    kill: KillPlan | None = None
-    log_level: int = logging.WARNING
-
-
-class _Budgeted:
-    """Wraps the ask function so that no more than ``budget`` trials are ever sampled."""
-
-    def __init__(self, ask: Callable[..., Any], budget: int) -> None:
-        self.ask = ask
-        self.budget = budget
-
-    def __call__(self, trials: Mapping[str, Trial], budget_info: Any, n: int | None = None) -> Any:
-        room = self.budget - len(trials)
-        if room <= 0:
-            return []
-        proposed = self.ask(trials=trials, budget_info=budget_info, n=min(n or 1, room))
-        return proposed if isinstance(proposed, list) else [proposed]
-
-
-class _Recorder:
-    """Records each state operation and fires the worker's kill plan."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
-        self.history = HistoryWriter(spec.history, spec.worker_id)
-        self.done = 0
-
-    def run(self, op: str, fn: Callable[[], Any], trials: Sequence[str] = ()) -> Any:
-        plan = self.spec.kill
-        if plan is not None and plan.point is not None and self.done >= plan.after_ops:
-            set_fault_hook(self._kill_at(plan.point))
-        seq = self.history.start(op, trials)
-        try:
-            value = fn()
-        except BaseException as e:
-            self.history.end(seq, ok=False, trials=trials, result=f"{type(e).__name__}: {e}")
-            raise
-        ids = _ids(value) or list(trials)
-        self.history.end(seq, ok=True, trials=ids, result=_result(op, value))
-        self.done += 1
-        if plan is not None and plan.point is None and self.done == plan.after_ops:
-            self.history.kill("after-op", self.done)
-            die()
-        return value
-
-    def _kill_at(self, point: str) -> Callable[[str], None]:
-        def hook(reached: str) -> None:
-            if reached == point:
-                self.history.kill(point, self.done)
-                die()
-
-        return hook
-
-
-def _ids(value: Any) -> list[str]:
-    if isinstance(value, Trial):
-        return [value.id]
-    if isinstance(value, list):
-        return [t.id for t in value if isinstance(t, Trial)]
-    return []
-
-
-def _result(op: str, value: Any) -> str:
-    if op == "claim" and value is None:
-        return "none"
-    if op == "report":
-        return str(value)
-    return "ok"
-
-
-def worker_main(spec: WorkerSpec) -> dict[str, int]:
-    """The standard worker loop; returns how many trials this worker evaluated.
-
-    Claim the earliest pending trial; if there is none, sample (one trial: sampled
-    already claimed, in one commit; a batch: stored pending, then claimed).
-    """
-    logging.getLogger("neps_state").setLevel(spec.log_level)
-    rec = _Recorder(spec)
-    impl = as_impl(spec.impl)
-    ask = _Budgeted(resolve(spec.optimizer), spec.budget)
-    fn = resolve(spec.evaluation)
-    wid = spec.worker_id
-    state: NePSState = rec.run("create", lambda: impl.create(spec.run_dir, settings=spec.settings))
-    evaluated = 0
-    while True:
-        trial: Trial | None = rec.run("claim", lambda: impl.claim(state, wid))
-        if trial is None:
-            claim = spec.batch == 1
-            op = "sample_claim" if claim else "sample"
-            sample = functools.partial(impl.sample, state, ask, wid, spec.batch, claim=claim)
-            sampled = rec.run(op, sample)
-            if not sampled:
-                break
-            if not claim:
-                continue
-            trial = sampled[0]
-        outcome = evaluate(fn, trial.config)
-        report = trial.set_complete(
-            report_as=outcome.report_as,  # type: ignore[arg-type]
-            time_end=time.time(),
-            objective_to_minimize=outcome.objective,
-            cost=outcome.cost,
-            learning_curve=None,
-            err=outcome.err,
-            tb=outcome.tb,
-            extra={},
-            evaluation_duration=outcome.duration,
-        )
-        rec.run("report", functools.partial(_report, state, trial, report, wid), [trial.id])
-        evaluated += 1
-    rec.history.close()
-    return {"evaluated": evaluated}
-
-
-def _report(state: NePSState, trial: Trial, report: Any, worker_id: str) -> str:
-    state.lock_and_report_trial_evaluation(trial, report, worker_id=worker_id)
-    return str(report.reported_as)
 
 
 class Launcher(Protocol):

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from neps_state import FAULT_POINTS, Settings, Trial
-from pytest_neps._bench import add_bench_arguments, main_bench
 from pytest_neps._checker import Violation, check_run_dir, read_run_dir
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
+from pytest_neps.bench import add_bench_arguments, main_bench
 
 
 class Progress:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pytest_neps._bench import add_bench_arguments, main_bench
+from pytest_neps.bench import add_bench_arguments, main_bench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_neps import _bench
+from pytest_neps import bench as _bench
 
 
 def _positive(value: Any) -> bool:

@@ -1,0 +1,123 @@
+"""The command line of the benchmark (``neps-state bench``, ``stress/bench.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pytest_neps.bench._common import DEFAULTS, QUICK
+from pytest_neps.bench._report import plot, render_report
+from pytest_neps.bench._run import run_bench
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v.replace("_", "")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``neps-state bench`` to ``parser``."""
+    d = DEFAULTS
+    parser.add_argument(
+        "--trials",
+        type=_int_list,
+        help=f"run sizes for the cycle cost, comma-separated (default {_csv(d['trials'])})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_int_list,
+        help=f"worker counts for the throughput (default {_csv(d['workers'])})",
+    )
+    parser.add_argument(
+        "--cycles", type=int, help=f"cycles per worker in the throughput (default {d['cycles']})"
+    )
+    parser.add_argument(
+        "--samples", type=int, help=f"cycles timed at each run size (default {d['samples']})"
+    )
+    parser.add_argument(
+        "--durability",
+        choices=("fsync", "os", "both"),
+        default="fsync",
+        help="durability setting(s) of ours (default fsync)",
+    )
+    parser.add_argument("--no-optuna", action="store_true", help="do not measure Optuna")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="throughput runs per figure, median (default 1)"
+    )
+    parser.add_argument(
+        "--no-paired",
+        action="store_true",
+        help="do not time a fresh base-size run beside each size (faster, drift-prone ratios)",
+    )
+    parser.add_argument(
+        "--optuna-bare",
+        action="store_true",
+        help="Optuna cycle = ask() + tell() with no parameter (default: the same 3-param space)",
+    )
+    parser.add_argument("--skip-cost", action="store_true", help="skip the cycle-cost benchmark")
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="skip the throughput benchmark"
+    )
+    parser.add_argument("--dir", type=Path, help="where to create the runs (default: temp dir)")
+    parser.add_argument("--plot", type=Path, help="write a PNG with both panels here")
+    parser.add_argument("--json", type=Path, help="write the result as JSON here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke size: trials {_csv(QUICK['trials'])}, workers {_csv(QUICK['workers'])},"
+        f" cycles {QUICK['cycles']}, samples {QUICK['samples']} (explicit options win)",
+    )
+
+
+def _csv(values: Iterable[int]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark as asked by the parsed options; print the report; 0 on success."""
+    sizes = QUICK if args.quick else DEFAULTS
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return sizes[name] if value is None else value
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if min(pick("cycles"), pick("samples"), args.repeats) < 1:
+        sys.stderr.write("bench: --cycles, --samples and --repeats must be >= 1\n")
+        return 2
+    result = run_bench(
+        trials=() if args.skip_cost else pick("trials"),
+        workers=() if args.skip_throughput else pick("workers"),
+        cycles=pick("cycles"),
+        durability=args.durability,
+        samples=pick("samples"),
+        optuna=not args.no_optuna,
+        optuna_params=not args.optuna_bare,
+        paired=not args.no_paired,
+        repeats=args.repeats,
+        directory=args.dir,
+    )
+    render_report(result, sys.stdout)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.write(f"wrote {args.json}\n")
+    if args.plot is not None:
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            sys.stderr.write("bench: matplotlib is not installed; no plot written\n")
+        else:
+            sys.stdout.write(f"wrote {args.plot}\n")
+    return 0
