@@ -18,6 +18,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from neps_state._io import own_descriptor
 from neps_state._journal import frame, parse_frames
 
 _MAX_READ = 1 << 20
@@ -52,6 +53,7 @@ class IntentFile:
     def _descriptor(self) -> int:
         if self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            own_descriptor(self, self._fd)
             self._pid = os.getpid()
         return self._fd
 

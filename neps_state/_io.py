@@ -18,6 +18,7 @@ import os
 import pickle
 import secrets
 import shutil
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,16 @@ def fault_point(name: str) -> None:
     """Give an installed fault hook the chance to act at the point ``name``."""
     if _fault_hook is not None:
         _fault_hook(name)
+
+
+def own_descriptor(owner: object, fd: int) -> weakref.finalize[Any, Any]:
+    """Tie ``fd`` to ``owner``: closed when ``owner`` is garbage collected, or when called."""
+    return weakref.finalize(owner, _close_quietly, fd)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 TMP_INFIX = ".tmp-"

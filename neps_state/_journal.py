@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neps_state._errors import NePSError
-from neps_state._io import fault_point, write_all, write_atomic
+from neps_state._io import fault_point, own_descriptor, write_all, write_atomic
 
 MAGIC = b"NEPSJRN1"
 HEADER_SIZE = len(MAGIC) + 16
@@ -72,6 +74,7 @@ class Journal:
         self.fsync = fsync
         self._pid = -1
         self._fd = -1
+        self._closer: weakref.finalize[Any, Any] | None = None
         self._ident: tuple[int, int] | None = None
         self.token = b""
         self.offset = 0
@@ -80,9 +83,9 @@ class Journal:
 
     def close(self) -> None:
         """Forget the open descriptor (the next refresh reopens and re-reads)."""
-        if self._pid == os.getpid() and self._fd >= 0:
-            os.close(self._fd)
-        self._pid, self._fd, self._ident = -1, -1, None
+        if self._pid == os.getpid() and self._closer is not None:
+            self._closer()
+        self._pid, self._fd, self._ident, self._closer = -1, -1, None, None
 
     def refresh(self) -> ReadResult | None:
         """Read what was appended since the last call; None if the file is missing.
@@ -113,6 +116,7 @@ class Journal:
             raise ForeignCacheError(f"{self.path} is not a neps_state journal")
         st = os.fstat(fd)
         self._pid, self._fd, self._ident = os.getpid(), fd, (st.st_dev, st.st_ino)
+        self._closer = own_descriptor(self, fd)
         self.token = head[len(MAGIC) :]
         self.offset = HEADER_SIZE
         self.records = 0

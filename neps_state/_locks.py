@@ -22,7 +22,7 @@ from pathlib import Path
 from filelock import lock_descriptor, unlock_descriptor
 
 from neps_state._errors import LockTimeoutError
-from neps_state._io import fault_point
+from neps_state._io import fault_point, own_descriptor
 from neps_state._settings import LOCK_TIMEOUT_ENV, Settings
 
 _FIRST_BACKOFF = 50e-6
@@ -54,6 +54,7 @@ class FileLocker:
                 self._thread_lock = threading.RLock()
                 self._depth = 0
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                own_descriptor(self, self._fd)
                 self._pid = os.getpid()
 
     @contextmanager

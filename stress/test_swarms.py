@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ TRIALS = 2000
 
 @pytest.mark.parametrize("kills", [False, True], ids=["no-kills", "kills"])
 @pytest.mark.parametrize("workers", [2, 4, 8, 16])
-def test_swarm_finishes_with_no_violation(tmp_path: Path, workers: int, kills: bool) -> None:
+def test_swarm_finishes_with_no_violation(
+    tmp_path: Path, workers: int, kills: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = run_swarm(
         run_dir=tmp_path / "run",
         workers=workers,
@@ -27,7 +30,15 @@ def test_swarm_finishes_with_no_violation(tmp_path: Path, workers: int, kills: b
         timeout=1800,
         seed=workers,
         settings=Settings(durability="fsync"),
+        worker_log_level=logging.ERROR,
     )
+    s = result.summary()
+    with capsys.disabled():
+        print(
+            f"\n{workers:>2} workers, kills={kills}: {s['trials']} trials, {s['cycles']} cycles,"
+            f" {s['cycles_per_s']:.0f} cycles/s, {s['kills']} kills / {s['replacements']}"
+            f" restarts, {len(s['stranded'])} left evaluating, {len(s['violations'])} problems"
+        )
     result.assert_consistent()  # every violation, lost worker, unmet budget, kill miscount
     assert len(result.trials) == TRIALS
     assert not [w for w in result.workers if w.failed]

@@ -178,3 +178,18 @@ def test_journal_refuses_appends_that_race_it(run_dir: Path) -> None:
     first.append(b"one")
     with pytest.raises(Exception, match="lock is not being respected"):
         second.append(b"two")
+
+
+def test_dropped_handles_release_their_descriptors(run_dir: Path) -> None:
+    import gc  # noqa: PLC0415
+
+    make_state(run_dir)
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        handle = make_state(run_dir)
+        run_cycle(handle)
+        handle.lock_and_consolidate_cache()
+    del handle
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
