@@ -287,9 +287,10 @@ class SwarmResult:
     def summary(self) -> dict[str, Any]:
         """The figures of the run as a JSON-ready mapping."""
         lat = {}
-        for op in ("sample", "claim", "report"):
+        for op in ("sample", "sample_claim", "claim", "report"):
             values = sorted(self.latencies_ms(op))
-            lat[op] = {f"p{q}": _percentile(values, q) for q in (50, 95, 99)}
+            if values or op != "sample_claim":
+                lat[op] = {f"p{q}": _percentile(values, q) for q in (50, 95, 99)}
         states = Counter(t.metadata.state.value for t in self.trials.values())
         return {
             "workers": self.config.workers,
