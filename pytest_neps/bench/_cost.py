@@ -20,6 +20,7 @@ from neps_state import (
     Trial,
     TrialRepo,
 )
+from neps_state._trial import Report
 from pytest_neps._evaluate import quadratic
 from pytest_neps._optimizers import random_search
 from pytest_neps.bench._common import (
@@ -65,6 +66,21 @@ class _Runner:
     def cycle(self) -> None:
         """One real cycle."""
         raise NotImplementedError
+
+
+def _succeed(trial: Trial, time_end: float) -> Report:
+    """Complete ``trial`` as a success of the toy objective; return its report."""
+    return trial.set_complete(
+        report_as="success",
+        time_end=time_end,
+        objective_to_minimize=quadratic(trial.config),
+        cost=1.0,
+        learning_curve=None,
+        err=None,
+        tb=None,
+        extra={},
+        evaluation_duration=0.0,
+    )
 
 
 class _Ours(_Runner):
@@ -114,33 +130,13 @@ class _Ours(_Runner):
             worker_id="prefill",
         )
         trial.set_evaluating(time_started=now, worker_id="prefill")
-        trial.report = trial.set_complete(
-            report_as="success",
-            time_end=now,
-            objective_to_minimize=quadratic(trial.config),
-            cost=1.0,
-            learning_curve=None,
-            err=None,
-            tb=None,
-            extra={},
-            evaluation_duration=0.0,
-        )
+        trial.report = _succeed(trial, now)
         return trial
 
     def cycle(self) -> None:
         state = self.state
         trial = state.lock_and_sample_trial(random_search, worker_id=WORKER, claim=True)
-        report = trial.set_complete(
-            report_as="success",
-            time_end=time.time(),
-            objective_to_minimize=quadratic(trial.config),
-            cost=1.0,
-            learning_curve=None,
-            err=None,
-            tb=None,
-            extra={},
-            evaluation_duration=0.0,
-        )
+        report = _succeed(trial, time.time())
         state.lock_and_report_trial_evaluation(trial, report, worker_id=WORKER)
         self.count += 1
 
