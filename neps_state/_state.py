@@ -63,7 +63,9 @@ class NePSState:
     """The shared state of one optimization run; every public method is one critical section.
 
     Create it with :meth:`create_or_load`. A handle may be pickled and sent to
-    another process (spawn included); it reopens its locks there.
+    another process (spawn included); it reopens its locks there. A handle keeps
+    an in-memory view of the trials: use one handle per thread (they are cheap;
+    handles exclude each other through the file locks, within a process too).
     """
 
     repo_class: ClassVar[type[TrialRepo]] = TrialRepo
