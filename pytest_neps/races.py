@@ -258,8 +258,11 @@ def check_creation(impl: Impl, infos: list[str], pool: Pool) -> None:
         assert not lost, "creator processes died:\n" + "\n".join(lost)
         results = [o.value for o in outcomes]
         note(f"creators: {list(zip(infos, results, strict=True))}")
-        on_disk = yaml.safe_load((root / "optimizer_info.yaml").read_bytes())
-        pickle.loads((root / "optimizer_state.pkl").read_bytes())  # noqa: S301 - our own run
+        try:
+            on_disk = yaml.safe_load((root / "optimizer_info.yaml").read_bytes())
+            pickle.loads((root / "optimizer_state.pkl").read_bytes())  # noqa: S301 - our own run
+        except Exception as e:  # a file that does not parse is the finding
+            raise AssertionError(f"the optimizer files are not whole: {e!r}") from e
         winners = {_FAMILY[n] for n, r in zip(infos, results, strict=True) if r == "ok"}
         assert len(winners) == 1, f"{len(winners)} infos won: {winners}"
         family = winners.pop()
