@@ -213,15 +213,16 @@ def check_race(impl: Impl, plan: dict[str, Any], pool: Pool, repeats: int = 2) -
         try:
             events = run_race(impl, plan, pool, tmp / "run")
             verdict = check(events, NePSModel())
-            if not verdict.ok:
+            violations = check_run_dir(tmp / "run")
+            if not verdict.ok or violations:
                 # In the message itself: a race that does not reproduce while Hypothesis
                 # replays it (a Flaky failure) still shows what happened.
+                what = verdict.explanation if not verdict.ok else "the history is linearizable"
                 raise AssertionError(
-                    f"the history is not linearizable (attempt {attempt + 1} of {repeats})"
-                    f"\nplan: {plan}\nhistory:\n{format_history(events)}\n{verdict.explanation}"
+                    f"the race broke an invariant (attempt {attempt + 1} of {repeats})"
+                    f"\nplan: {plan}\nhistory:\n{format_history(events)}\n{what}"
+                    + "".join(f"\n{v}" for v in violations)
                 )
-            violations = check_run_dir(tmp / "run")
-            assert not violations, "\n".join(map(str, violations))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
