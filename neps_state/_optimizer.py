@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from neps_state._trial import to_plain
+
 if TYPE_CHECKING:
     from neps_state._trial import Trial
 
@@ -27,22 +29,14 @@ class OptimizerInfo:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OptimizerInfo):
             return NotImplemented
-        return self.name == other.name and _canonical(self.info) == _canonical(other.info)
+        return self.name == other.name and to_plain(self.info) == to_plain(other.info)
 
     def __hash__(self) -> int:
         return hash(self.name)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML-ready form: ``{name: ..., info: {...}}``."""
-        return {"name": self.name, "info": _canonical(self.info)}
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
+        return {"name": self.name, "info": to_plain(self.info)}
 
 
 @dataclass

@@ -267,12 +267,13 @@ def _error_count_violations(
     where: str, errors: Iterable[dict[str, Any]], errored: Counter[str], histories: Sequence[Op]
 ) -> list[Violation]:
     recorded = Counter(rec["trial_id"] for rec in errors)
+    # A reporter killed after its commit may have left one unacknowledged record.
+    unfinished = Counter(
+        tid for op in histories if op.op == "report" and not op.completed for tid in op.trials
+    )
     out = []
     for tid, count in errored.items():
-        # A reporter killed after its commit may have left one unacknowledged record.
-        in_flight = sum(
-            1 for op in histories if op.op == "report" and not op.completed and tid in op.trials
-        )
+        in_flight = unfinished[tid]
         if not count <= recorded[tid] <= count + in_flight:
             detail = f"trial {tid!r}: {count} errored reports, {recorded[tid]} records"
             out.append(Violation("one error record per error", where, detail))

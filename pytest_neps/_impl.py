@@ -19,6 +19,7 @@ inherit (the reference reads ``NEPS_STATE_*``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import time
@@ -46,7 +47,10 @@ def resolve(obj: Any) -> Any:
     return target
 
 
+@functools.cache
 def _accepts(fn: Any, name: str) -> bool:
+    # Called with unbound functions (class attributes), so the cache holds one
+    # entry per implementation, not per call.
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -65,15 +69,18 @@ class Impl:
         return resolve(self.target)
 
     def create(
-        self, path: Path, info: OptimizerInfo = DEFAULT_INFO, settings: Settings | None = None
+        self,
+        path: Path,
+        info: OptimizerInfo = DEFAULT_INFO,
+        settings: Settings | None = None,
+        optimizer_state: OptimizationState | None = None,
     ) -> Any:
         """Create (or load, if it exists with the same info) a run directory."""
+        fresh = OptimizationState(budget=None, seed_snapshot=SeedSnapshot.new_capture())
         return self.cls.create_or_load(
             path,
             optimizer_info=info,
-            optimizer_state=OptimizationState(
-                budget=None, seed_snapshot=SeedSnapshot.new_capture()
-            ),
+            optimizer_state=optimizer_state or fresh,
             **self._settings(settings),
         )
 
@@ -93,7 +100,7 @@ class Impl:
         Atomic where the implementation supports ``claim=True``; else the seed's two
         steps (sample, then put the trial evaluating), whose race the harness reports.
         """
-        if claim and _accepts(state.lock_and_sample_trial, "claim"):
+        if claim and _accepts(type(state).lock_and_sample_trial, "claim"):
             return list(state.lock_and_sample_trial(ask, worker_id=worker, n=n, claim=True))
         trials = list(state.lock_and_sample_trial(ask, worker_id=worker, n=n))
         if claim and trials:

@@ -24,15 +24,13 @@ from typing import Any, TextIO
 from neps_state import (
     NePSState,
     NotARunDirectoryError,
-    OptimizationState,
-    SeedSnapshot,
     Settings,
     Trial,
     set_fault_hook,
 )
 from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import die
-from pytest_neps._impl import DEFAULT_INFO
+from pytest_neps._impl import Impl
 from pytest_neps._optimizers import random_search
 from pytest_neps._procs import Task, run_tasks
 from pytest_neps._swarm import run_swarm
@@ -83,12 +81,7 @@ class Acks:
 def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], None]) -> None:
     """Create the run, then rounds of sample, claim, report, update and consolidate."""
     mark("create")
-    state = NePSState.create_or_load(
-        root,
-        optimizer_info=DEFAULT_INFO,
-        optimizer_state=OptimizationState(budget=None, seed_snapshot=SeedSnapshot.new_capture()),
-        settings=settings,
-    )
+    state = Impl().create(root, settings=settings)
     acks("create")
     for r in range(ROUNDS):
         mark("sample")
@@ -174,14 +167,7 @@ def verify(root: Path, acks_path: Path, settings: Settings, *, swarm_trials: int
     except NotARunDirectoryError:
         if any(a["op"] == "create" for a in acks):
             return ["an acknowledged create is lost"]
-        state = NePSState.create_or_load(
-            root,
-            optimizer_info=DEFAULT_INFO,
-            optimizer_state=OptimizationState(
-                budget=None, seed_snapshot=SeedSnapshot.new_capture()
-            ),
-            settings=settings,
-        )
+        state = Impl().create(root, settings=settings)
     trials = state.lock_and_read_trials()
     problems = _lost(acks, trials) + [str(v) for v in check_run_dir(root)]
     if problems:

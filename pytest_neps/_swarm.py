@@ -336,6 +336,8 @@ class Swarm:
         self.replaces: dict[str, str] = {}
         self.external: set[str] = set()
         self.kills_planned = 0
+        self._read_to: dict[str, int] = {}
+        self._reported = 0
 
     def _plan(self) -> KillPlan | None:
         c = self.config
@@ -444,12 +446,17 @@ class Swarm:
             self._start(new)
 
     def _reports_done(self) -> int:
-        total = 0
-        for spec in self.specs.values():
-            if spec.history.exists():
-                data = spec.history.read_bytes()
-                total += sum(data.count(f'"result":"{s}"'.encode()) for s in _REPORTED)
-        return total
+        # Histories only grow by whole lines: read each one from where we stopped.
+        for name, spec in self.specs.items():
+            if not spec.history.exists():
+                continue
+            with spec.history.open("rb") as f:
+                f.seek(self._read_to.get(name, 0))
+                data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            self._read_to[name] = self._read_to.get(name, 0) + len(whole)
+            self._reported += sum(whole.count(f'"result":"{s}"'.encode()) for s in _REPORTED)
+        return self._reported
 
     def _collect(self, wall: float, timed_out: set[str]) -> SwarmResult:
         records = []

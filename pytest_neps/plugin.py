@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from neps_state import NePSState, OptimizationState, OptimizerInfo, SeedSnapshot, Settings
-from pytest_neps._impl import DEFAULT_INFO, resolve
+from neps_state import NePSState, OptimizationState, OptimizerInfo, Settings
+from pytest_neps._impl import DEFAULT_INFO, as_impl
+from pytest_neps._pool import Pool
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
 
 # The shipped properties assert: let pytest explain their failures. (Nothing above
 # imports them, so this comes before they are imported.)
 pytest.register_assert_rewrite("pytest_neps.machines", "pytest_neps.races", "pytest_neps.suite")
 
+POOL_SIZE = 6
+"""Worker processes of ``neps_pool``: enough for the largest drawn race (6 creators)."""
 KEEP_CHOICES = ("never", "on-failure", "always")
 START_METHODS = ("spawn", "forkserver", "fork")
 
@@ -177,16 +180,21 @@ def neps_state_factory(neps_run_dir: Path, neps_impl: str) -> Callable[..., NePS
         settings: Settings | None = None,
         cls: type[NePSState] | None = None,
     ) -> NePSState:
-        cls = cls or resolve(neps_impl)
-        return cls.create_or_load(
-            neps_run_dir,
-            optimizer_info=optimizer_info or DEFAULT_INFO,
-            optimizer_state=optimizer_state
-            or OptimizationState(budget=None, seed_snapshot=SeedSnapshot.new_capture()),
-            settings=settings or Settings.from_env(),
+        impl = as_impl(cls or neps_impl)
+        state: NePSState = impl.create(
+            neps_run_dir, optimizer_info or DEFAULT_INFO, settings, optimizer_state
         )
+        return state
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """A pool of worker processes for the race properties, shared within a module."""
+    pool = Pool(POOL_SIZE, start_method=option(request.config, "neps_start_method"))
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -6,16 +6,14 @@ In a test module of your project::
 
 runs the model machine, the linearizability races, the creation races and the
 consolidation property against ``neps_impl`` (``--neps-impl module:attr`` or a
-fixture override). Use ``--hypothesis-profile=neps-ci`` for a CI budget and
-``neps-stress`` for long runs.
+fixture override); the races use the plugin's ``neps_pool`` of worker processes.
+Use ``--hypothesis-profile=neps-ci`` for a CI budget and ``neps-stress`` for long runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
@@ -23,18 +21,8 @@ from hypothesis.stateful import run_state_machine_as_test
 from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
 from pytest_neps.machines import model_machine
-from pytest_neps.plugin import option
+from pytest_neps.plugin import POOL_SIZE
 from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
-
-POOL_SIZE = 6
-
-
-@pytest.fixture(scope="module")
-def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
-    """A pool of worker processes shared by the race properties of one module."""
-    pool = Pool(POOL_SIZE, start_method=option(request.config, "neps_start_method"))
-    yield pool
-    pool.close()
 
 
 def test_model_machine(neps_impl: str) -> None:
@@ -72,7 +60,6 @@ def test_consolidation(  # noqa: PLR0917 - Hypothesis passes drawn values by nam
 
 
 __all__ = [
-    "neps_pool",
     "test_consolidation",
     "test_creation_race",
     "test_model_machine",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pytest_neps._pool import Pool
@@ -12,24 +10,17 @@ from pytest_neps.catching import CASES, PropertyRun, catch_rate
 RUNS = 20
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Pool]:
-    p = Pool(6)
-    yield p
-    p.close()
-
-
 @pytest.mark.parametrize(
     ("prop", "control", "examples"), CASES, ids=[f"{p.__name__}-{c}" for p, c, _ in CASES]
 )
 def test_catch_rate(
-    pool: Pool,
+    neps_pool: Pool,
     prop: PropertyRun,
     control: str,
     examples: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rate = catch_rate(prop, control, examples, pool, RUNS)
+    rate = catch_rate(prop, control, examples, neps_pool, RUNS)
     with capsys.disabled():
         print(f"\n{prop.__name__:<14}{control:<22} caught in {rate}/{RUNS} runs")
     assert rate == RUNS

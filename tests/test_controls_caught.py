@@ -7,8 +7,6 @@ an earlier run) and must report a failure within a bounded budget.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pytest_neps._pool import Pool
@@ -24,25 +22,18 @@ from pytest_neps.catching import (
 )
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Pool]:
-    p = Pool(6)
-    yield p
-    p.close()
-
-
 @pytest.mark.parametrize(
     ("prop", "control", "examples"), CASES, ids=[f"{p.__name__}-{c}" for p, c, _ in CASES]
 )
-def test_control_is_caught(pool: Pool, prop: PropertyRun, control: str, examples: int) -> None:
+def test_control_is_caught(neps_pool: Pool, prop: PropertyRun, control: str, examples: int) -> None:
     with pytest.raises(BaseException) as info:
-        prop(CONTROL + control, pool, examples)
+        prop(CONTROL + control, neps_pool, examples)
     assert caught(info.value), f"not an assertion of the harness: {info.value!r}"
 
 
 @pytest.mark.parametrize("prop", [model, races, creation, consolidation])
-def test_reference_passes_the_same_budget(pool: Pool, prop: PropertyRun) -> None:
-    prop("neps_state:NePSState", pool, 10)
+def test_reference_passes_the_same_budget(neps_pool: Pool, prop: PropertyRun) -> None:
+    prop("neps_state:NePSState", neps_pool, 10)
 
 
 def _texts(error: BaseException) -> list[str]:
@@ -53,9 +44,9 @@ def _texts(error: BaseException) -> list[str]:
     return out
 
 
-def test_a_race_failure_shrinks_to_a_small_plan_and_prints_the_history(pool: Pool) -> None:
+def test_a_race_failure_shrinks_to_a_small_plan_and_prints_the_history(neps_pool: Pool) -> None:
     with pytest.raises(BaseException) as info:
-        races(CONTROL + "UnlockedSampling", pool, 50, shrink=True)
+        races(CONTROL + "UnlockedSampling", neps_pool, 50, shrink=True)
     assert caught(info.value)
     text = "\n".join(_texts(info.value))
     assert "plan: {'prefix'" in text  # the (shrunk) plan ...
