@@ -27,6 +27,8 @@ import os
 import pickle
 import secrets
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,13 +42,17 @@ from neps_state._io import (
     fault_point,
     remove_tree,
     save_aside,
+    tmp_sibling,
     write_atomic,
 )
 from neps_state._journal import ForeignCacheError, Journal, ReadResult
 from neps_state._settings import Settings
+from neps_state._spare import SpareFolder, sweep
 from neps_state._trial import MetaData, Report, State, Trial, check_transition, to_plain
 from neps_state._trialfiles import (
     ALL_FILES,
+    CONFIG_FILE,
+    METADATA_FILE,
     TrialWriteHint,
     changed_files,
     list_trial_ids,
@@ -81,6 +87,21 @@ def _own_copy(trial: Trial) -> Trial:
     )
 
 
+@dataclass
+class PreparedUpdate:
+    """Files of an update written ahead of the lock (see :meth:`TrialRepo.prepare_update`)."""
+
+    trial: Trial
+    files: dict[str, bytes | None]
+    temps: dict[str, Path] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """Remove the temp files the update did not use."""
+        for tmp in self.temps.values():
+            tmp.unlink(missing_ok=True)
+        self.temps.clear()
+
+
 class TrialRepo:
     """The trials of one run directory's ``configs/`` folder.
 
@@ -109,6 +130,7 @@ class TrialRepo:
         self._journal = Journal(self.cache_path, fsync=self.settings.fsync)
         self._intent = IntentFile(self.directory / self.INTENT_FILE_NAME)
         self._index = TrialIndex()
+        self._spare = SpareFolder(self.directory, (CONFIG_FILE, METADATA_FILE))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
@@ -254,6 +276,7 @@ class TrialRepo:
         for entry in self.directory.iterdir():
             if entry.name.startswith((_STAGING, _TRASH)):
                 remove_tree(entry)
+        sweep(self.directory)
         self._intent.clear()
 
     def _restore(self, trial: Trial) -> None:
@@ -289,10 +312,14 @@ class TrialRepo:
         payload = _pickle([p[0] for p in prepared])
         intent = self._begin("store", tuple(seen))
         try:
-            staged = [(self._stage(files), path) for _, path, files in prepared]
+            staged = [(self._fill_spare(files), path, files) for _, path, files in prepared]
             fault_point("store.staged")
-            for staging, path in staged:
-                os.rename(staging, path)
+            for staging, path, files in staged:
+                try:
+                    self._place(staging, path)
+                except FileNotFoundError:
+                    # The spare was swept by mistake (see _spare): write the folder anew.
+                    self._place(self._stage(files), path)
             fault_point("store.dir_renamed")
             self._journal.append(payload)
             fault_point("store.committed")
@@ -312,12 +339,14 @@ class TrialRepo:
         *,
         hints: Iterable[TrialWriteHint] | TrialWriteHint | None = ("report", "metadata"),
         error: SerializableTrialError | None = None,
+        prepared: PreparedUpdate | None = None,
     ) -> None:
         """Replace a trial with a new version of it.
 
         The hinted files are rewritten, and any file whose content changed, so the
         folder always matches the cache. ``error`` is appended to the error dump
-        as part of the same commit.
+        as part of the same commit. ``prepared`` (from :meth:`prepare_update` for
+        this trial) supplies files already written; its copy of the trial is stored.
         """
         names = normalize_hints(hints)
         self.sync()
@@ -325,11 +354,16 @@ class TrialRepo:
         old = self._index.get(trial.id)
         if old is None:
             raise TrialNotFoundError(trial.id, path)
-        new = _own_copy(trial)
+        if prepared is not None and prepared.trial.id != trial.id:
+            raise ValueError(f"prepared for trial {prepared.trial.id!r}, not {trial.id!r}")
+        new = _own_copy(trial) if prepared is None else prepared.trial
         check_transition(old, new)
         if not path.is_dir():
             raise CorruptedFileError(path, "the trial folder is missing")
-        files = render(new, path, (*names, *changed_files(old, new)))
+        ready = {} if prepared is None else prepared.files
+        files = render(new, path, [f for f in (*names, *changed_files(old, new)) if f not in ready])
+        files.update(ready)
+        temps = {} if prepared is None else prepared.temps
         payload = _pickle([new])
         line = None if error is None else error.to_line()
         if line is not None and self.errors is None:
@@ -339,7 +373,7 @@ class TrialRepo:
             size = None if errors is None else errors.size()
             intent = self._begin("update", (new.id,), errors_size=size, error_line=line)
             try:
-                self._write_files(path, files)
+                self._write_files(path, files, temps)
                 fault_point("update.files_written")
                 self._journal.append(payload)
                 fault_point("update.committed")
@@ -361,6 +395,8 @@ class TrialRepo:
         trials = list(self._index.values())
         self._journal.rewrite([_pickle(trials)] if trials else [])
         logger.debug("Consolidated %s: %d trials", self.cache_path, len(trials))
+        # As costly as the rewrite (one pass over the folder), and as rare.
+        sweep(self.directory)
 
     def _maybe_consolidate(self) -> None:
         s = self.settings
@@ -389,15 +425,64 @@ class TrialRepo:
                 create_file(staging / name, data)
         return staging
 
+    def _fill_spare(self, files: dict[str, bytes | None]) -> Path:
+        spare = self._spare.fill(files)
+        return self._stage(files) if spare is None else spare
+
     def _place(self, staging: Path, path: Path) -> None:
         os.rename(staging, path)
 
-    def _write_files(self, path: Path, files: dict[str, bytes | None]) -> None:
+    def _write_files(
+        self, path: Path, files: dict[str, bytes | None], temps: dict[str, Path] | None = None
+    ) -> None:
         for name, data in files.items():
+            tmp = None if temps is None else temps.pop(name, None)
             if data is None:
                 (path / name).unlink(missing_ok=True)
-            else:
-                write_atomic(path / name, data, fsync=False)
+                continue
+            if tmp is not None:
+                try:
+                    os.replace(tmp, path / name)
+                    continue
+                except FileNotFoundError:
+                    logger.debug("%s vanished (a recovery cleaned the folder); rewriting", tmp)
+            write_atomic(path / name, data, fsync=False)
+
+    # -- work done before the lock ------------------------------------------------
+
+    def store_ahead(self) -> AbstractContextManager[None]:
+        """Enter before taking the lock: creates the folder a new trial will be written into.
+
+        Optional: :meth:`store_new_trial` creates its folder itself otherwise. Creating
+        files is the costly part of a store on some file systems (see ``_spare``).
+        An unused folder is removed at exit.
+        """
+        return self._spare.ahead()
+
+    def prepare_update(
+        self, trial: Trial, hints: Iterable[TrialWriteHint] | TrialWriteHint | None
+    ) -> PreparedUpdate:
+        """Write, before the lock, the hinted files of the next version of ``trial``.
+
+        Pass the result to :meth:`update_trial` (which then only renames them) and
+        call its ``discard`` afterwards, whatever happened.
+        """
+        new = _own_copy(trial)
+        path = trial_dir(self.directory, new.id)
+        prepared = PreparedUpdate(new, render(new, path, normalize_hints(hints)))
+        try:
+            for name, data in prepared.files.items():
+                if data is not None:
+                    tmp = tmp_sibling(path / name)
+                    create_file(tmp, data)
+                    prepared.temps[name] = tmp
+        except FileNotFoundError:
+            # No folder (yet): the update writes what it needs, or reports the problem.
+            prepared.discard()
+        except BaseException:
+            prepared.discard()
+            raise
+        return prepared
 
 
 def _check_consistent(trial: Trial) -> None:

@@ -24,6 +24,7 @@ from neps_state._locks import FileLocker
 from neps_state._optimizer import AskFunction, OptimizationState, OptimizerInfo, SampledConfig
 from neps_state._repo import TrialRepo
 from neps_state._settings import Settings
+from neps_state._spare import SpareFile, sweep
 from neps_state._trial import Report, State, Trial, validate_trial_id
 from neps_state._trialfiles import TrialWriteHint, list_trial_ids, read_trial
 
@@ -83,6 +84,7 @@ class NePSState:
         self._trial_repo = self.repo_class(
             path / CONFIGS_DIR, settings=settings, errors=self._errors, sync_on_commit=False
         )
+        self._state_spare = SpareFile(self._optimizer_state_path)
 
     @contextmanager
     def _trials(self) -> Iterator[None]:
@@ -132,19 +134,27 @@ class NePSState:
         state = cls(root, Settings.from_env() if settings is None else settings)
         with state._optimizer_lock.lock():
             if state._optimizer_info_path.exists():
-                if not (root / CONFIGS_DIR).is_dir():
-                    raise CorruptedFileError(root / CONFIGS_DIR, "is missing or not a folder")
-                on_disk = state._read_optimizer_info()
-                if not load_only and on_disk != optimizer_info:
-                    raise OptimizerInfoMismatchError(root, on_disk, optimizer_info)
-                state._read_optimizer_state()
+                state._check_existing(None if load_only else optimizer_info)
             elif load_only or optimizer_info is None or optimizer_state is None:
                 raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
             else:
                 state._create(optimizer_info, optimizer_state)
+            if not load_only:
+                sweep(root)
         with state._trials():
             state._trial_repo.sync()
+            if not load_only:
+                sweep(root / CONFIGS_DIR)
         return state
+
+    def _check_existing(self, info: OptimizerInfo | None) -> None:
+        """Check a run directory that exists: readable, and ``info`` (if given) its optimizer's."""
+        if not (self.path / CONFIGS_DIR).is_dir():
+            raise CorruptedFileError(self.path / CONFIGS_DIR, "is missing or not a folder")
+        on_disk = self._read_optimizer_info()
+        if info is not None and on_disk != info:
+            raise OptimizerInfoMismatchError(self.path, on_disk, info)
+        self._read_optimizer_state()
 
     def _create(self, info: OptimizerInfo, opt_state: OptimizationState) -> None:
         configs = self.path / CONFIGS_DIR
@@ -187,7 +197,8 @@ class NePSState:
         # Rewritten by every sample, atomically; fsynced only at creation: after a
         # power loss an older snapshot (an earlier RNG state) is still a valid one.
         data = pickle.dumps(opt_state, protocol=pickle.HIGHEST_PROTOCOL)
-        write_atomic(self._optimizer_state_path, data, fsync=fsync)
+        if not self._state_spare.place(data, fsync=fsync):
+            write_atomic(self._optimizer_state_path, data, fsync=fsync)
 
     def lock_and_get_optimizer_info(self) -> OptimizerInfo:
         """The optimizer info on disk."""
@@ -219,6 +230,18 @@ class NePSState:
         ``worker_id``, in the same commit: a worker that samples for itself needs no
         second critical section to claim what it sampled (and nobody can take it).
         """
+        # Files are created now, outside the locks; under them only written and renamed.
+        with self._state_spare.ahead(), self._trial_repo.store_ahead():
+            trials = self._sample_locked(optimizer, worker_id=worker_id, n=n, claim=claim)
+        # Durable before we return, but flushed outside both locks (see _trials).
+        self._trial_repo.flush()
+        if n is None:
+            return trials[0]
+        return trials
+
+    def _sample_locked(
+        self, optimizer: AskFunction, *, worker_id: str, n: int | None, claim: bool
+    ) -> list[Trial]:
         with self._optimizer_lock.lock():
             if not self._trial_repo.peek():  # only recovery or a rebuild needs the lock
                 with self._trials():
@@ -243,10 +266,6 @@ class NePSState:
             fault_point("sample.optimizer_state_written")
             with self._trial_lock.lock():
                 self._trial_repo.store_new_trial(trials)
-        # Durable before we return, but flushed outside both locks (see _trials).
-        self._trial_repo.flush()
-        if n is None:
-            return trials[0]
         return trials
 
     def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[Trial]:
@@ -326,18 +345,24 @@ class NePSState:
                 err=str(report.err),
                 tb=report.tb,
             )
-        with self._trials():
-            self._trial_repo.sync()
-            current = self._trial_repo.view.get(trial.id)
-            if current is not None and current.metadata.state is not State.EVALUATING:
-                # Reported trials must come from evaluating: no double reports.
-                raise IllegalTransitionError(
-                    trial.id,
-                    current.metadata.state.value,
-                    reported.value,
-                    "it is not being evaluated",
-                )
-            self._trial_repo.update_trial(new, hints=("report", "metadata"), error=error)
+        hints: tuple[TrialWriteHint, ...] = ("report", "metadata")
+        # Written now, outside the lock; under it only renamed.
+        prepared = self._trial_repo.prepare_update(new, hints)
+        try:
+            with self._trials():
+                self._trial_repo.sync()
+                current = self._trial_repo.view.get(trial.id)
+                if current is not None and current.metadata.state is not State.EVALUATING:
+                    # Reported trials must come from evaluating: no double reports.
+                    raise IllegalTransitionError(
+                        trial.id,
+                        current.metadata.state.value,
+                        reported.value,
+                        "it is not being evaluated",
+                    )
+                self._trial_repo.update_trial(new, hints=hints, error=error, prepared=prepared)
+        finally:
+            prepared.discard()
 
     def put_updated_trial(
         self, trial: Trial, *, hints: list[TrialWriteHint] | TrialWriteHint | None = None

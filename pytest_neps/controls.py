@@ -58,7 +58,10 @@ class UnlockedSampling(NePSState):
 
 
 class _InPlaceRepo(TrialRepo):
-    def _write_files(self, path: Path, files: dict[str, bytes | None]) -> None:
+    def _write_files(
+        self, path: Path, files: dict[str, bytes | None], temps: dict[str, Path] | None = None
+    ) -> None:
+        del temps  # the files prepared ahead are left unused (and removed by the caller)
         for name, data in files.items():
             if data is None:
                 (path / name).unlink(missing_ok=True)
