@@ -7,14 +7,20 @@ every acquisition, which costs ~90 us against ~1 us for ``flock`` on a kept
 descriptor; we use its descriptor primitive (same kernel lock, so we contend
 correctly with any ``FileLock`` on the same file). Lock files are never
 deleted: a deleted lock file lets two processes lock two different inodes.
+
+A busy lock is waited for in the kernel (a blocking ``flock`` in a helper
+thread, so that the caller can still time out), not by polling: the kernel hands
+the lock over the moment it is released, where a poller may sleep on while the
+lock sits free (measured: 4 workers on tmpfs, 1.06x the cycles/s of polling).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +31,68 @@ from neps_state._errors import LockTimeoutError
 from neps_state._io import fault_point, own_descriptor
 from neps_state._settings import LOCK_TIMEOUT_ENV, Settings
 
-_FIRST_BACKOFF = 50e-6
 _REOPEN_LOCK = threading.Lock()
+
+
+class _Waiter:
+    """A daemon thread that waits for a lock in a blocking ``flock`` on behalf of its owner.
+
+    An owner that timed out leaves the thread waiting: the next request takes the
+    wait over, and a lock that nobody wants any more is released at once. The
+    thread works on its own duplicate of the descriptor (same lock), so a closed
+    and reused descriptor number can never be unlocked by mistake.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        self._fd = os.dup(fd)
+        self._cond = threading.Condition(threading.Lock())
+        self._wanted = False
+        self._waiting = False
+        self._granted = False
+        self._closed = False
+        threading.Thread(target=self._run, name=f"neps-state {name}", daemon=True).start()
+
+    @property
+    def idle(self) -> bool:
+        """True when the thread is not inside ``flock`` (the owner may try the lock itself)."""
+        with self._cond:
+            return not self._waiting
+
+    def acquire(self, timeout: float | None) -> bool:
+        """Wait until the thread holds the lock for us; False after ``timeout`` seconds."""
+        with self._cond:
+            self._wanted, self._granted = True, False
+            self._cond.notify_all()
+            if self._cond.wait_for(lambda: self._granted, timeout):
+                return True
+            self._wanted = False  # abandoned: the thread releases the lock when it gets it
+            return False
+
+    def close(self) -> None:
+        """Let the thread end (after its current wait, if it is in one)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._wanted or self._closed)
+                    if self._closed:
+                        return
+                    self._waiting = True
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                with self._cond:
+                    self._waiting = False
+                    if self._wanted and not self._closed:
+                        # The request is served: one grant per request, never a second flock.
+                        self._wanted, self._granted = False, True
+                        self._cond.notify_all()
+                    else:
+                        unlock_descriptor(self._fd)
+        finally:
+            os.close(self._fd)
 
 
 class FileLocker:
@@ -43,6 +109,7 @@ class FileLocker:
         self._fd = -1
         self._depth = 0
         self._thread_lock = threading.RLock()
+        self._waiter: _Waiter | None = None
 
     def __reduce__(self) -> tuple[type[FileLocker], tuple[Path, Settings]]:
         return (FileLocker, (self.path, self.settings))
@@ -53,6 +120,7 @@ class FileLocker:
                 # A new process: forget the inherited descriptor and lock state.
                 self._thread_lock = threading.RLock()
                 self._depth = 0
+                self._waiter = None
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
                 own_descriptor(self, self._fd)
                 self._pid = os.getpid()
@@ -83,19 +151,15 @@ class FileLocker:
             raise
 
     def _wait_for_flock(self, fd: int, deadline: float | None) -> None:
-        backoff = _FIRST_BACKOFF
-        while not lock_descriptor(fd, blocking=False):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise LockTimeoutError(
-                    self.path, self.settings.lock_timeout or 0.0, LOCK_TIMEOUT_ENV
-                )
-            # Jitter keeps waiters from waking in lock-step and convoying.
-            pause = backoff * (0.5 + random.random())
-            if deadline is not None:
-                pause = min(pause, max(deadline - now, 0.0))
-            time.sleep(pause)
-            backoff = min(backoff * 2, self.settings.lock_poll)
+        waiter = self._waiter
+        if (waiter is None or waiter.idle) and lock_descriptor(fd, blocking=False):
+            return
+        if waiter is None:
+            waiter = self._waiter = _Waiter(fd, self.path.name)
+            weakref.finalize(self, waiter.close)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not waiter.acquire(timeout):
+            raise LockTimeoutError(self.path, self.settings.lock_timeout or 0.0, LOCK_TIMEOUT_ENV)
 
     def _release(self) -> None:
         try:

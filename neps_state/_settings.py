@@ -4,7 +4,6 @@ Environment variables are read by :meth:`Settings.from_env`, never at import:
 
 ================================  ============================================
 ``NEPS_STATE_LOCK_TIMEOUT``       seconds to wait for a lock; ``none`` waits forever
-``NEPS_STATE_LOCK_POLL``          longest sleep between two lock attempts (s)
 ``NEPS_STATE_CONSOLIDATION_LIMIT``  records appended before the cache is rewritten
 ``NEPS_STATE_CONSOLIDATION_RATIO``  ... and at least this many per trial
 ``NEPS_STATE_DURABILITY``         ``fsync`` (every commit on disk) or ``os``
@@ -36,9 +35,6 @@ class Settings:
     lock_timeout: float | None = 120.0
     """Seconds to wait for a lock before raising ``LockTimeoutError``; None waits forever."""
 
-    lock_poll: float = 0.002
-    """Longest sleep between two attempts to take a busy lock (backoff starts lower)."""
-
     consolidation_limit: int = 30
     """Cache records appended since the last rewrite before the cache is rewritten."""
 
@@ -65,7 +61,6 @@ class Settings:
         env = os.environ if environ is None else environ
         parsers: dict[str, Callable[[str], object]] = {
             "lock_timeout": _optional_float,
-            "lock_poll": float,
             "consolidation_limit": int,
             "consolidation_ratio": float,
             "durability": str.lower,
@@ -92,9 +87,6 @@ def _problem(name: str, value: object) -> str:
     if name == "lock_timeout" and value is not None:
         ok = isinstance(value, int | float) and value > 0
         return "" if ok else f"must be a positive number of seconds or None, not {value!r}"
-    if name == "lock_poll":
-        ok = isinstance(value, int | float) and 0 < value < math.inf
-        return "" if ok else f"must be a positive number of seconds, not {value!r}"
     if name == "consolidation_limit":
         ok = isinstance(value, int) and value >= 1
         return "" if ok else f"must be an integer >= 1, not {value!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import threading
@@ -52,6 +53,51 @@ def test_lock_timeout_names_the_lock_and_how_to_wait_longer(tmp_path: Path) -> N
             pass
     finally:
         group.close()
+
+
+def waiter_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("neps-state ")]
+
+
+def test_a_wait_that_timed_out_is_taken_over_and_its_lock_released(tmp_path: Path) -> None:
+    """Two timed-out waits share one waiting thread; the lock it gets later is not kept."""
+    lock_path = tmp_path / "x.lock"
+    group = Group("spawn")
+    before = len(waiter_threads())
+    try:
+        release, held = group.ctx.Event(), group.ctx.Event()
+        group.start(Task("holder", hold_lock, (lock_path, release, held)))
+        assert held.wait(60)
+        locker = FileLocker(lock_path, Settings(lock_timeout=0.2))
+        for _ in range(2):
+            with pytest.raises(LockTimeoutError), locker.lock():
+                pass
+        assert len(waiter_threads()) == before + 1
+        release.set()
+        while group.running():
+            group.wait_any(60)
+        # The waiting thread got the lock for nobody and gave it back at once.
+        with FileLocker(lock_path, Settings(lock_timeout=5)).lock():
+            pass
+        other = FileLocker(lock_path, Settings(lock_timeout=0.2))
+        with locker.lock(), pytest.raises(LockTimeoutError), other.lock():
+            pass  # asked again, our locker holds it exclusively
+    finally:
+        group.close()
+
+
+def test_the_waiting_thread_ends_with_its_lock(tmp_path: Path) -> None:
+    lock_path = tmp_path / "x.lock"
+    holder = FileLocker(lock_path, Settings())
+    locker = FileLocker(lock_path, Settings(lock_timeout=0.05))
+    before = set(waiter_threads())
+    with holder.lock(), pytest.raises(LockTimeoutError), locker.lock():
+        pass
+    [waiter] = set(waiter_threads()) - before
+    del locker
+    gc.collect()
+    waiter.join(10)
+    assert not waiter.is_alive()
 
 
 def test_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
@@ -124,7 +170,6 @@ def test_incremental_reads_only_new_records_and_rereads_after_consolidation(
 def test_settings_from_environment() -> None:
     env = {
         "NEPS_STATE_LOCK_TIMEOUT": "none",
-        "NEPS_STATE_LOCK_POLL": "0.01",
         "NEPS_STATE_CONSOLIDATION_LIMIT": "7",
         "NEPS_STATE_CONSOLIDATION_RATIO": "0.5",
         "NEPS_STATE_DURABILITY": "OS",
@@ -132,14 +177,13 @@ def test_settings_from_environment() -> None:
     s = Settings.from_env(env)
     assert s == Settings(
         lock_timeout=None,
-        lock_poll=0.01,
         consolidation_limit=7,
         consolidation_ratio=0.5,
         durability="os",
     )
     assert Settings.from_env({}) == Settings()
     with pytest.raises(AttributeError):
-        s.lock_poll = 1  # type: ignore[misc]
+        s.lock_timeout = 1  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +191,6 @@ def test_settings_from_environment() -> None:
     [
         ("NEPS_STATE_LOCK_TIMEOUT", "soon"),
         ("NEPS_STATE_LOCK_TIMEOUT", "-1"),
-        ("NEPS_STATE_LOCK_POLL", "0"),
         ("NEPS_STATE_CONSOLIDATION_LIMIT", "1.5"),
         ("NEPS_STATE_CONSOLIDATION_LIMIT", "0"),
         ("NEPS_STATE_DURABILITY", "sometimes"),
