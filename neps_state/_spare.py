@@ -10,6 +10,11 @@ The owner holds a ``flock`` on its spare until the spare is placed, so that
 :func:`sweep` removes only the spares of processes that died. A spare swept by
 mistake (one created but not yet locked) costs nothing but the fallback: its
 owner then writes the file under the lock, the usual way.
+
+Replacing a file frees the old one, which costs as much again there (its blocks
+are freed and discarded). So the old file is first *retired*: given a second,
+spare-like name, so that the rename under the lock frees nothing; the name is
+removed after the lock (anybody may remove a retired name at any time).
 """
 
 from __future__ import annotations
@@ -77,6 +82,27 @@ def _discard_at_exit(path: Path, fds: list[int], pid: int) -> None:
         _remove(path)
 
 
+def retire(path: Path, into: Path) -> Path | None:
+    """Give the file at ``path`` a second name in the folder ``into``; None if there is none.
+
+    A rename over ``path`` then frees nothing: the caller unlinks the second name
+    later, outside its critical section.
+    """
+    retired = into / f"{SPARE_INFIX}{secrets.token_hex(6)}"
+    try:
+        os.link(path, retired)
+    except FileNotFoundError:
+        return None
+    return retired
+
+
+def unlink_all(paths: list[Path]) -> None:
+    """Remove these names (retired or unused files); those already gone are fine."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    paths.clear()
+
+
 def _lock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -87,6 +113,7 @@ class _Spare(abc.ABC):
     def __init__(self) -> None:
         self._held: _Held | None = None
         self._pid = -1
+        self._retired: list[Path] = []
 
     @contextmanager
     def ahead(self) -> Iterator[None]:
@@ -110,6 +137,7 @@ class _Spare(abc.ABC):
             unused = self._take()
             if unused is not None:
                 unused.discard()
+            unlink_all(self._retired)
 
     @abc.abstractmethod
     def _create(self) -> _Held:
@@ -149,6 +177,9 @@ class SpareFile(_Spare):
             write_all(held.lock_fd, data)
             if fsync:
                 os.fsync(held.lock_fd)
+            retired = retire(self.target, self.target.parent)
+            if retired is not None:
+                self._retired.append(retired)
             os.replace(held.path, self.target)
         except FileNotFoundError:
             held.discard()

@@ -22,7 +22,7 @@ from conftest import make_state, run_cycle, tree_digest
 
 from neps_state import IllegalTransitionError, NePSState, SampledConfig, Trial
 from neps_state._io import remove_tree
-from neps_state._spare import SPARE_INFIX, sweep
+from neps_state._spare import SPARE_INFIX, retire, sweep
 from neps_state._trial import State
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
@@ -233,3 +233,18 @@ def test_a_forked_child_leaves_its_parents_spares_alone(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "kept"
     assert leftovers(tmp_path / "run") == []
+
+
+def test_a_retired_file_is_a_second_name_that_any_sweep_removes(tmp_path: Path) -> None:
+    target = tmp_path / "optimizer_state.pkl"
+    target.write_bytes(b"old")
+    retired = retire(target, tmp_path)
+    assert retired is not None
+    assert SPARE_INFIX in retired.name
+    target.write_bytes(b"new")  # the same file under both names
+    assert retired.read_bytes() == b"new"
+    assert os.stat(retired).st_ino == os.stat(target).st_ino
+    assert sweep(tmp_path) == 1
+    assert not retired.exists()
+    assert target.read_bytes() == b"new"
+    assert retire(tmp_path / "missing", tmp_path) is None
