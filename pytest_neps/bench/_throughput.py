@@ -139,13 +139,14 @@ def throughput(
     workers' monotonic-clock histories, so process start-up is excluded. Optuna:
     ``w`` spawned processes that open the study, meet at a barrier and do
     ``cycles_per_worker`` ask+tell each on one journal file; cycles/s = cycles /
-    (last end - first start). The runs alternate; with ``repeats`` > 1 each
-    figure is the median run (every run's figure is kept in ``*_runs``) and the
-    ratio is the median of the ratios of the runs measured back to back.
-    Run directories are deleted only after the last run: deleting thousands of
-    files slows the file creations of whatever runs next (ext4 without a journal
-    skips recently freed inodes for minutes), which would bill one run's cleanup
-    to the next run.
+    (last end - first start). With ``repeats`` > 1 each figure is the median run
+    (every run's figure is kept in ``*_runs``) and the ratio is the median of
+    the ratios of the runs measured back to back.
+
+    Every run leaves the file system slower for the next one (on ext4 without a
+    journal, each file creation scans past the inodes freed in the last minutes),
+    so the runs go in ABBA order (each side first in every other repeat), and
+    run directories are deleted only after the last run.
     """
     names = _durabilities(durability)
     if not workers or min(workers) < 1 or cycles_per_worker < 1 or repeats < 1:
@@ -156,22 +157,23 @@ def throughput(
         for w in workers:
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("optuna", *names)}
             for i in range(repeats):
-                if use_optuna:
-                    opt = _optuna_throughput(
-                        root / f"optuna-{w}-{i}.log",
-                        w,
-                        cycles_per_worker,
-                        with_params=optuna_params,
-                        timeout=timeout,
-                    )
-                    logger.info("optuna x%d: %s cycles/s", w, _fmt(opt["cycles_per_s"]))
-                    runs["optuna"].append(opt)
-                for d in names:
-                    ours = _ours_swarm(
-                        root / f"swarm-{d}-{w}-{i}", w, cycles_per_worker, d, timeout
-                    )
-                    logger.info("ours-%s x%d: %s cycles/s", d, w, _fmt(ours["cycles_per_s"]))
-                    runs[d].append(ours)
+                plan = [*names, "optuna"] if use_optuna else list(names)
+                # ABBA order: each side goes first in every other repeat.
+                for who in plan if i % 2 else plan[::-1]:
+                    if who == "optuna":
+                        run = _optuna_throughput(
+                            root / f"optuna-{w}-{i}.log",
+                            w,
+                            cycles_per_worker,
+                            with_params=optuna_params,
+                            timeout=timeout,
+                        )
+                    else:
+                        run = _ours_swarm(
+                            root / f"swarm-{who}-{w}-{i}", w, cycles_per_worker, who, timeout
+                        )
+                    logger.info("%s x%d: %s cycles/s", who, w, _fmt(run["cycles_per_s"]))
+                    runs[who].append(run)
             opt_row = _prefixed(_median_run(runs["optuna"]), "optuna_") if use_optuna else {}
             for d in names:
                 row: dict[str, Any] = {"workers": w, "durability": d}
