@@ -23,7 +23,7 @@ from conftest import make_state, run_cycle, tree_digest
 from neps_state import IllegalTransitionError, NePSState, SampledConfig, Trial
 from neps_state._io import remove_tree
 from neps_state._spare import SPARE_INFIX, retire, sweep
-from neps_state._trial import State
+from neps_state._trial import Report, State
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
 from pytest_neps._procs import Group, ProcessOutcome, Task
@@ -59,11 +59,8 @@ def sweep_ignoring_locks(directory: Path) -> int:
     return len(names)
 
 
-def test_sample_and_report_leave_no_spare_or_temp_file(state: NePSState, run_dir: Path) -> None:
-    for _ in range(3):
-        run_cycle(state)
-    trial = state.lock_and_sample_trial(random_search, worker_id="w1", claim=True)
-    report = trial.set_complete(
+def success(trial: Trial) -> Report:
+    return trial.set_complete(
         report_as="success",
         time_end=2.0,
         objective_to_minimize=0.1,
@@ -74,6 +71,13 @@ def test_sample_and_report_leave_no_spare_or_temp_file(state: NePSState, run_dir
         extra={},
         evaluation_duration=0.1,
     )
+
+
+def test_sample_and_report_leave_no_spare_or_temp_file(state: NePSState, run_dir: Path) -> None:
+    for _ in range(3):
+        run_cycle(state)
+    trial = state.lock_and_sample_trial(random_search, worker_id="w1", claim=True)
+    report = success(trial)
     state.lock_and_report_trial_evaluation(trial, report, worker_id="w1")
     assert leftovers(run_dir) == []
     assert check_run_dir(run_dir) == []
@@ -124,17 +128,7 @@ def test_updates_fall_back_when_their_prepared_files_vanished(
     state: NePSState, run_dir: Path
 ) -> None:
     trial = state.lock_and_sample_trial(random_search, worker_id="w0", claim=True)
-    trial.report = trial.set_complete(
-        report_as="success",
-        time_end=2.0,
-        objective_to_minimize=0.1,
-        cost=1.0,
-        learning_curve=None,
-        err=None,
-        tb=None,
-        extra={},
-        evaluation_duration=0.1,
-    )
+    trial.report = success(trial)
     trial.metadata.state = State.SUCCESS
     repo = state._trial_repo
     prepared = repo.prepare_update(trial, ("report", "metadata"))
