@@ -52,6 +52,9 @@ def test_bench_result_report_and_plot(tmp_path: Path) -> None:
     assert result["durability"] == ["fsync"]
     assert result["machine"]["cpu_count"] >= 1
     assert result["machine"]["python"]
+    create = result["machine"]["file_create_us"]
+    assert _positive(create["before"])
+    assert _positive(create["after"])
     with_optuna = _bench.optuna_version() is not None
     assert result["optuna"]["used"] == with_optuna
     tput = result["throughput"]
@@ -77,6 +80,7 @@ def test_bench_result_report_and_plot(tmp_path: Path) -> None:
     assert "Cost of one cycle" in text
     assert "Throughput" in text
     assert "Targets" in text
+    assert "creating a file there" in text
     assert "not measured" in text
 
     pytest.importorskip("matplotlib")

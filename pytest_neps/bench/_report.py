@@ -26,6 +26,13 @@ def render_report(result: Mapping[str, Any], stream: IO[str]) -> None:
         f"neps-state bench: Python {m['python']}, {m['cpus_usable']} usable CPUs"
         f" ({m['cpu_count']} total), {m['filesystem'] or '?'} at {m['directory']}\n"
     )
+    create = m.get("file_create_us")
+    if create:
+        stream.write(
+            f"  creating a file there: {create['before']:.0f} us before the runs,"
+            f" {create['after']:.0f} us after (median of 50; it grows for minutes"
+            " after many files are deleted, and slows both sides)\n"
+        )
     stream.write(f"  cycle, ours:   {result['cycle']['ours']}\n")
     if opt["used"]:
         stream.write(f"  cycle, optuna: {result['cycle']['optuna']}\n")

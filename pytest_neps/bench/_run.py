@@ -11,7 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pytest_neps.bench._common import BATCH_SIZE, DEFAULTS, TARGETS, _durabilities, optuna_version
+from pytest_neps.bench._common import (
+    BATCH_SIZE,
+    DEFAULTS,
+    TARGETS,
+    _durabilities,
+    file_create_us,
+    optuna_version,
+)
 from pytest_neps.bench._cost import cycle_cost
 from pytest_neps.bench._throughput import throughput
 
@@ -72,6 +79,7 @@ def run_bench(
     version = optuna_version()
     use_optuna = optuna and version is not None
     started = time.perf_counter()
+    create_before = file_create_us(directory)
     if use_optuna:
         note = None
     elif version is None:
@@ -129,6 +137,10 @@ def run_bench(
             repeats=repeats,
             directory=directory,
         )
+    result["machine"]["file_create_us"] = {
+        "before": create_before,
+        "after": file_create_us(directory),
+    }
     result["headline"] = _headline(result)
     result["targets"] = _targets(result)
     result["elapsed_s"] = time.perf_counter() - started
