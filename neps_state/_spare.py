@@ -120,7 +120,11 @@ class _Spare(abc.ABC):
         """Create the spare (enter before taking the lock); remove it at exit if unused.
 
         Failing to create it only logs: the write then creates its file under the lock.
+        Nested (an optimizer that samples from inside ``ask``), the outer spare serves.
         """
+        if self._held is not None and self._pid == os.getpid():
+            yield
+            return
         self._held, self._pid = None, os.getpid()
         try:
             held = self._create()

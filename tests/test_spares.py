@@ -242,3 +242,17 @@ def test_a_retired_file_is_a_second_name_that_any_sweep_removes(tmp_path: Path) 
     assert not retired.exists()
     assert target.read_bytes() == b"new"
     assert retire(tmp_path / "missing", tmp_path) is None
+
+
+def test_an_optimizer_that_samples_inside_ask_leaves_no_spare(
+    state: NePSState, run_dir: Path
+) -> None:
+    def nested(trials: Mapping[str, Trial], budget_info: Any, n: int | None = None) -> Any:
+        if not trials:
+            state.lock_and_sample_trial(random_search, worker_id="inner")
+        return SampledConfig(id=str(len(trials) + 1), config={"x": 1})
+
+    state.lock_and_sample_trial(nested, worker_id="outer")
+    assert sorted(state.lock_and_read_trials()) == ["0", "2"]
+    assert leftovers(run_dir) == []
+    assert check_run_dir(run_dir) == []
