@@ -140,11 +140,11 @@ class NePSState:
             else:
                 state._create(optimizer_info, optimizer_state)
             if not load_only:
+                # The root holds a handful of entries; configs/ (one per trial) is
+                # swept by consolidations and recoveries, not at every start-up.
                 sweep(root)
         with state._trials():
             state._trial_repo.sync()
-            if not load_only:
-                sweep(root / CONFIGS_DIR)
         return state
 
     def _check_existing(self, info: OptimizerInfo | None) -> None:
