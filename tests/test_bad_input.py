@@ -285,11 +285,18 @@ INFO_READERS: dict[str, Callable[[Run], object]] = {
 @pytest.mark.parametrize("reader", list(INFO_READERS))
 @pytest.mark.parametrize(("damage", "problem"), INFO_CASES)
 def test_damaged_optimizer_info(run: Run, reader: str, damage: Damage, problem: str) -> None:
-    damaged = run.path / "optimizer_info.yaml"
+    assert_refused(run, "optimizer_info.yaml", damage, problem, INFO_READERS[reader])
+
+
+def assert_refused(
+    run: Run, name: str, damage: Damage, problem: str, read: Callable[[Run], object]
+) -> None:
+    """Damage the file ``name``; ``read`` raises a typed error naming it, and changes nothing."""
+    damaged = run.path / name
     damage(damaged)
     before = snapshot(run.path)
     with pytest.raises(CorruptedFileError, match=names(damaged, problem)) as info:
-        INFO_READERS[reader](run)
+        read(run)
     assert_typed(info.value, CorruptedFileError)
     assert info.value.path == damaged
     assert snapshot(run.path) == before
@@ -318,14 +325,7 @@ STATE_READERS: dict[str, Callable[[Run], object]] = {
 @pytest.mark.parametrize("reader", list(STATE_READERS))
 @pytest.mark.parametrize(("damage", "problem"), STATE_CASES)
 def test_damaged_optimizer_state(run: Run, reader: str, damage: Damage, problem: str) -> None:
-    damaged = run.path / "optimizer_state.pkl"
-    damage(damaged)
-    before = snapshot(run.path)
-    with pytest.raises(CorruptedFileError, match=names(damaged, problem)) as info:
-        STATE_READERS[reader](run)
-    assert_typed(info.value, CorruptedFileError)
-    assert info.value.path == damaged
-    assert snapshot(run.path) == before
+    assert_refused(run, "optimizer_state.pkl", damage, problem, STATE_READERS[reader])
 
 
 # -- shared_errors.jsonl ---------------------------------------------------------------
