@@ -58,7 +58,6 @@ class ReadResult:
 
     payloads: list[bytes]
     reset: bool
-    good_end: int
     bad_tail: bytes
 
 
@@ -105,7 +104,7 @@ class Journal:
         payloads, used = parse_frames(data, 0)
         self.offset += used
         self.records += len(payloads)
-        return ReadResult(payloads, reset, self.offset, data[used:])
+        return ReadResult(payloads, reset, data[used:])
 
     def _reopen(self) -> None:
         self.close()
