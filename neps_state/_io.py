@@ -1,8 +1,9 @@
-"""The only module that writes to a run directory.
+"""File primitives for writing a run directory (and ``_spare``'s files made ahead).
 
-Every rewrite goes through :func:`write_atomic`: a temp file in the same
-directory, fsync (when durability asks for it), ``os.replace``, and an fsync of
-the directory. Readers therefore see the old file or the new one, never a part.
+Every rewrite is a complete file given its name in one step: :func:`write_atomic`
+(a temp file in the same directory, fsync when durability asks for it,
+``os.replace``, an fsync of the directory) or a spare placed by :func:`exchange`
+or a rename. Readers therefore see the old file or the new one, never a part.
 
 Fault points: :func:`fault_point` marks the instants at which a crash is most
 interesting (between the trial-directory write and the cache record, during a
@@ -13,11 +14,14 @@ installs a hook with :func:`set_fault_hook`, e.g. one that SIGKILLs the process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import pickle
 import secrets
 import shutil
+import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +121,42 @@ def preallocate(fd: int, size: int) -> None:
             os.posix_fallocate(fd, 0, size)
 
 
+def _load_renameat2() -> Any:
+    if sys.platform != "linux":
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no C library, or one older than glibc 2.28
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_CANNOT_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV})
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the files named ``a`` and ``b`` in one atomic step; False where the system can't.
+
+    Linux's ``renameat2(RENAME_EXCHANGE)``. Unlike a rename over ``b``, it frees
+    nothing (the old ``b`` is left at ``a``), and ext4 does not write the new
+    file out at once, as it does for a rename that replaces a file (auto_da_alloc).
+    A missing name raises ``FileNotFoundError``; nothing is changed when it fails.
+    """
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _CANNOT_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written (a write may be partial)."""
     view = memoryview(data)
@@ -211,10 +251,16 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def create_file(path: Path, data: bytes) -> None:
-    """Write a file that must not exist yet (inside a private staging folder)."""
+def create_file(path: Path, data: bytes, *, replacing: bool = False) -> None:
+    """Write a file that must not exist yet (in a private staging folder, or a temp name).
+
+    ``replacing``: it will be renamed over a file, so its blocks are allocated
+    now (see :func:`preallocate`), not by that rename, under the caller's lock.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
+        if replacing:
+            preallocate(fd, len(data))
         write_all(fd, data)
     finally:
         os.close(fd)

@@ -474,7 +474,7 @@ class TrialRepo:
             for name, data in prepared.files.items():
                 if data is not None:
                     tmp = tmp_sibling(path / name)
-                    create_file(tmp, data)
+                    create_file(tmp, data, replacing=True)
                     prepared.temps[name] = tmp
         except FileNotFoundError:
             # No folder (yet): the update writes what it needs, or reports the problem.

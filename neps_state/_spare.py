@@ -12,9 +12,12 @@ mistake (one created but not yet locked) costs nothing but the fallback: its
 owner then writes the file under the lock, the usual way.
 
 Replacing a file frees the old one, which costs as much again there (its blocks
-are freed and discarded). So the old file is first *retired*: given a second,
-spare-like name, so that the rename under the lock frees nothing; the name is
-removed after the lock (anybody may remove a retired name at any time).
+are freed and discarded). So a placed spare *swaps* names with the file it
+replaces (:func:`~neps_state._io.exchange`): the old file keeps the spare's name
+until it is removed after the lock (anybody may remove it at any time). A file
+replaced again within seconds, like the optimizer state, is then never written
+to disk at all. Where names can't be swapped, the old file is first *retired*
+(given a second, spare-like name) and the spare renamed over it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neps_state._io import preallocate, remove_tree, write_all
+from neps_state._io import exchange, preallocate, remove_tree, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,7 @@ class SpareFile(_Spare):
     def __init__(self, target: Path) -> None:
         super().__init__()
         self.target = target
+        self._swaps = True  # until the file system says it can't
 
     def _create(self) -> _Held:
         path = self.target.with_name(f".{self.target.name}{SPARE_INFIX}{secrets.token_hex(6)}")
@@ -177,14 +181,19 @@ class SpareFile(_Spare):
         if held is None:
             return False
         try:
-            preallocate(held.lock_fd, len(data))
+            if not self._swaps:
+                preallocate(held.lock_fd, len(data))
             write_all(held.lock_fd, data)
             if fsync:
                 os.fsync(held.lock_fd)
-            retired = retire(self.target, self.target.parent)
-            if retired is not None:
-                self._retired.append(retired)
-            os.replace(held.path, self.target)
+            self._swaps = self._swaps and exchange(held.path, self.target)
+            if self._swaps:
+                self._retired.append(held.path)  # now the old file
+            else:
+                retired = retire(self.target, self.target.parent)
+                if retired is not None:
+                    self._retired.append(retired)
+                os.replace(held.path, self.target)
         except FileNotFoundError:
             held.discard()
             return False

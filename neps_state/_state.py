@@ -194,8 +194,9 @@ class NePSState:
         return obj
 
     def _write_optimizer_state(self, opt_state: OptimizationState, *, fsync: bool) -> None:
-        # Rewritten by every sample, atomically; fsynced only at creation: after a
-        # power loss an older snapshot (an earlier RNG state) is still a valid one.
+        # Rewritten by every sample, atomically; fsynced only at creation. After a
+        # power loss it may hold an older snapshot, or nothing readable (then
+        # reading it raises CorruptedFileError): the journal is the durable record.
         data = pickle.dumps(opt_state, protocol=pickle.HIGHEST_PROTOCOL)
         if not self._state_spare.place(data, fsync=fsync):
             write_atomic(self._optimizer_state_path, data, fsync=fsync)

@@ -20,9 +20,10 @@ import pytest
 from _targets import hold_spares
 from conftest import make_state, run_cycle, tree_digest
 
+import neps_state._spare as spare_module
 from neps_state import IllegalTransitionError, NePSState, SampledConfig, Trial
-from neps_state._io import remove_tree
-from neps_state._spare import SPARE_INFIX, retire, sweep
+from neps_state._io import exchange, remove_tree
+from neps_state._spare import SPARE_INFIX, SpareFile, retire, sweep
 from neps_state._trial import Report, State
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
@@ -256,3 +257,48 @@ def test_an_optimizer_that_samples_inside_ask_leaves_no_spare(
     assert sorted(state.lock_and_read_trials()) == ["0", "2"]
     assert leftovers(run_dir) == []
     assert check_run_dir(run_dir) == []
+
+
+@pytest.mark.parametrize("swaps", [True, False], ids=["exchange", "retire-and-rename"])
+def test_a_placed_spare_replaces_its_target_whole_and_frees_the_old_one_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swaps: bool
+) -> None:
+    calls: list[Path] = []
+
+    def unsupported(a: Path, b: Path) -> bool:
+        calls.append(a)
+        return False
+
+    if not swaps:
+        monkeypatch.setattr(spare_module, "exchange", unsupported)
+    target = tmp_path / "optimizer_state.pkl"
+    old = b"old" * 2000
+    target.write_bytes(old)
+    spare = SpareFile(target)
+    with target.open("rb") as reader:  # opened before the replace
+        previous = old
+        for new in (b"new", b"newer"):
+            with spare.ahead():
+                assert spare.place(new, fsync=False)
+                assert target.read_bytes() == new
+                # Still inside the operation: the old file lives on under a spare name.
+                [kept] = leftovers(tmp_path)
+                assert (tmp_path / kept).read_bytes() == previous
+            assert leftovers(tmp_path) == []
+            previous = new
+        assert reader.read() == old
+    # Unsupported once: the spare stops asking and renames from then on.
+    assert len(calls) == (0 if swaps else 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux's")
+def test_exchange_swaps_two_names_or_changes_nothing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    assert exchange(a, b)
+    assert (a.read_bytes(), b.read_bytes()) == (b"B", b"A")
+    with pytest.raises(FileNotFoundError):
+        exchange(tmp_path / "missing", b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert b.read_bytes() == b"A"
