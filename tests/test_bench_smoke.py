@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_neps import bench as _bench
+from pytest_neps.bench import _throughput
 
 
 def _positive(value: Any) -> bool:
@@ -124,3 +125,21 @@ def test_bad_arguments() -> None:
     _bench.add_bench_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--trials", "10,x"])
+
+
+def test_settle_pauses_before_every_throughput_run_but_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(_throughput.time, "sleep", pauses.append)
+    parser = argparse.ArgumentParser()
+    _bench.add_bench_arguments(parser)
+    common = ["--skip-cost", "--workers", "1", "--cycles", "5", "--no-optuna"]
+    common += ["--durability", "both", "--repeats", "2", "--dir", str(tmp_path / "runs")]
+    assert _bench.main_bench(parser.parse_args([*common, "--settle", "7"])) == 0
+    assert pauses == [7.0] * 3  # 2 durabilities x 2 repeats = 4 runs
+    assert "7 s pause before each run" in capsys.readouterr().out
+    pauses.clear()
+    assert _bench.main_bench(parser.parse_args(common)) == 0
+    assert pauses == []
+    assert _bench.main_bench(parser.parse_args([*common, "--settle", "-1"])) == 2

@@ -57,6 +57,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=1, help="throughput runs per figure, median (default 1)"
     )
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause before each throughput run, so that neither side pays for the files the"
+        " runs before it freed (ext4 without a journal: 45 is enough; default 0)",
+    )
+    parser.add_argument(
         "--no-paired",
         action="store_true",
         help="do not time a fresh base-size run beside each size (faster, drift-prone ratios)",
@@ -97,6 +105,9 @@ def main_bench(args: argparse.Namespace) -> int:
     if min(pick("cycles"), pick("samples"), args.repeats) < 1:
         sys.stderr.write("bench: --cycles, --samples and --repeats must be >= 1\n")
         return 2
+    if args.settle < 0:
+        sys.stderr.write("bench: --settle must be >= 0\n")
+        return 2
     result = run_bench(
         trials=() if args.skip_cost else pick("trials"),
         workers=() if args.skip_throughput else pick("workers"),
@@ -108,6 +119,7 @@ def main_bench(args: argparse.Namespace) -> int:
         paired=not args.no_paired,
         repeats=args.repeats,
         directory=args.dir,
+        settle=args.settle,
     )
     render_report(result, sys.stdout)
     if args.json is not None:

@@ -110,10 +110,12 @@ def _render_cost(result: Mapping[str, Any], stream: IO[str]) -> None:
 def _render_throughput(result: Mapping[str, Any], stream: IO[str]) -> None:
     tput = sorted(result["throughput"], key=lambda r: (r["durability"], r["workers"]))
     s = result["settings"]
+    settle = s.get("settle_s") or 0
+    paused = f", {settle:g} s pause before each run" if settle else ""
     stream.write(
         f"\nThroughput, cycles/s, {s['cycles_per_worker']} cycles per worker"
-        f" ({s['repeats']} run(s), median): window = first operation after start-up to the last"
-        " report; x1 = ratio to the same column with the fewest workers\n"
+        f" ({s['repeats']} run(s), median{paused}): window = first operation after start-up"
+        " to the last report; x1 = ratio to the same column with the fewest workers\n"
     )
     header = ["workers", "durab.", "ours", "x1", "optuna", "x1", "ours/optuna", "problems"]
     rows = [

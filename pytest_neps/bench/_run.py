@@ -70,6 +70,7 @@ def run_bench(
     paired: bool = True,
     repeats: int = 1,
     directory: Path | str | None = None,
+    settle: float = 0.0,
 ) -> dict[str, Any]:
     """Run the cycle-cost and throughput benchmarks; a JSON-ready result with headline ratios.
 
@@ -98,6 +99,7 @@ def run_bench(
             "cycles_per_worker": cycles,
             "paired": paired,
             "repeats": repeats,
+            "settle_s": settle,
         },
         "cycle": {
             "ours": "lock_and_sample_trial(random_search, claim=True)"
@@ -136,6 +138,7 @@ def run_bench(
             optuna_params=optuna_params,
             repeats=repeats,
             directory=directory,
+            settle=settle,
         )
     result["machine"]["file_create_us"] = {
         "before": create_before,
