@@ -127,7 +127,7 @@ def test_bad_arguments() -> None:
         parser.parse_args(["--trials", "10,x"])
 
 
-def test_settle_pauses_before_every_throughput_run_but_the_first(
+def test_settle_pauses_before_every_throughput_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pauses: list[float] = []
@@ -137,7 +137,7 @@ def test_settle_pauses_before_every_throughput_run_but_the_first(
     common = ["--skip-cost", "--workers", "1", "--cycles", "5", "--no-optuna"]
     common += ["--durability", "both", "--repeats", "2", "--dir", str(tmp_path / "runs")]
     assert _bench.main_bench(parser.parse_args([*common, "--settle", "7"])) == 0
-    assert pauses == [7.0] * 3  # 2 durabilities x 2 repeats = 4 runs
+    assert pauses == [7.0] * 4  # 2 durabilities x 2 repeats
     assert "7 s pause before each run" in capsys.readouterr().out
     pauses.clear()
     assert _bench.main_bench(parser.parse_args(common)) == 0

@@ -148,16 +148,15 @@ def throughput(
     journal, each file creation scans past the inodes freed in the last minutes),
     so the runs go in ABBA order (each side first in every other repeat), and
     run directories are deleted only after the last run. ``settle`` seconds of
-    pause before every run but the first let the inodes freed by the runs before
-    stop counting as recent (ext4 without a journal: about 35-50 s), so that
-    neither side pays for the other's deletions.
+    pause before every run let the inodes freed before it (by the other side, or
+    by whatever ran before the benchmark) stop counting as recent (ext4 without
+    a journal: about 35-50 s), so that neither side pays for the other's deletions.
     """
     names = _durabilities(durability)
     if not workers or min(workers) < 1 or cycles_per_worker < 1 or repeats < 1:
         raise ValueError("workers, cycles_per_worker and repeats must be >= 1")
     use_optuna = optuna and optuna_version() is not None
     rows: list[dict[str, Any]] = []
-    first = True
     with _workdir(directory) as root:
         for w in workers:
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("optuna", *names)}
@@ -165,9 +164,8 @@ def throughput(
                 plan = [*names, "optuna"] if use_optuna else list(names)
                 # ABBA order: each side goes first in every other repeat.
                 for who in plan if i % 2 else plan[::-1]:
-                    if settle > 0 and not first:
+                    if settle > 0:
                         time.sleep(settle)
-                    first = False
                     if who == "optuna":
                         run = _optuna_throughput(
                             root / f"optuna-{w}-{i}.log",
