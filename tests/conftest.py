@@ -18,6 +18,7 @@ from neps_state import (
     Settings,
     Trial,
 )
+from neps_state._trial import Report
 from pytest_neps._optimizers import random_search
 
 INFO = OptimizerInfo(name="random_search", info={"seed": 0})
@@ -49,7 +50,13 @@ def run_cycle(state: NePSState, worker: str = "w0", *, error: Exception | None =
     state.lock_and_sample_trial(random_search, worker_id=worker)
     trial = state.lock_and_claim_next_pending_trial(worker)
     assert trial is not None
-    report = trial.set_complete(
+    state.lock_and_report_trial_evaluation(trial, completed(trial, error), worker_id=worker)
+    return trial
+
+
+def completed(trial: Trial, error: Exception | None = None) -> Report:
+    """Complete ``trial`` (a success, or a crash with ``error``); return its report."""
+    return trial.set_complete(
         report_as="success" if error is None else "crashed",
         time_end=1.0,
         objective_to_minimize=None if error else 0.5,
@@ -60,8 +67,6 @@ def run_cycle(state: NePSState, worker: str = "w0", *, error: Exception | None =
         extra={},
         evaluation_duration=0.1,
     )
-    state.lock_and_report_trial_evaluation(trial, report, worker_id=worker)
-    return trial
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from _targets import hold_spares
-from conftest import make_state, run_cycle, tree_digest
+from conftest import completed, make_state, run_cycle, tree_digest
 
 import neps_state._spare as spare_module
 from neps_state import IllegalTransitionError, NePSState, SampledConfig, Trial
 from neps_state._io import exchange, remove_tree
 from neps_state._spare import SPARE_INFIX, SpareFile, retire, sweep
-from neps_state._trial import Report, State
+from neps_state._trial import State
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
 from pytest_neps._procs import Group, ProcessOutcome, Task
@@ -60,25 +60,11 @@ def sweep_ignoring_locks(directory: Path) -> int:
     return len(names)
 
 
-def success(trial: Trial) -> Report:
-    return trial.set_complete(
-        report_as="success",
-        time_end=2.0,
-        objective_to_minimize=0.1,
-        cost=1.0,
-        learning_curve=None,
-        err=None,
-        tb=None,
-        extra={},
-        evaluation_duration=0.1,
-    )
-
-
 def test_sample_and_report_leave_no_spare_or_temp_file(state: NePSState, run_dir: Path) -> None:
     for _ in range(3):
         run_cycle(state)
     trial = state.lock_and_sample_trial(random_search, worker_id="w1", claim=True)
-    report = success(trial)
+    report = completed(trial)
     state.lock_and_report_trial_evaluation(trial, report, worker_id="w1")
     assert leftovers(run_dir) == []
     assert check_run_dir(run_dir) == []
@@ -129,7 +115,7 @@ def test_updates_fall_back_when_their_prepared_files_vanished(
     state: NePSState, run_dir: Path
 ) -> None:
     trial = state.lock_and_sample_trial(random_search, worker_id="w0", claim=True)
-    trial.report = success(trial)
+    trial.report = completed(trial)
     trial.metadata.state = State.SUCCESS
     repo = state._trial_repo
     prepared = repo.prepare_update(trial, ("report", "metadata"))
