@@ -1,8 +1,10 @@
 """The shared error dump: one JSON object per line in ``shared_errors.jsonl``.
 
 The file only ever grows: records are appended under the errors lock, one
-``write`` per record. A last line without its newline is the trace of a writer
-killed mid-append; it is moved aside (never silently dropped) under the lock.
+``write`` per record, and fsynced (``fsync`` durability) after the locks are
+released, with the journal record that carries the same line. A last line
+without its newline is the trace of a writer killed mid-append; it is moved
+aside (never silently dropped) under the lock.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from neps_state._errors import CorruptedFileError, NePSError
-from neps_state._io import dump_json, save_aside, write_all
+from neps_state._io import create, dump_json, fsync_fd, save_aside, truncate, write
 from neps_state._locks import FileLocker
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class ErrorLog:
         self.path = path
         self.lock = lock
         self.fsync = fsync
+        self.unsynced = False
 
     def size(self) -> int:
         """Current size in bytes (0 when the file does not exist yet)."""
@@ -134,12 +137,33 @@ class ErrorLog:
         return ErrDump(records)
 
     def append(self, line: bytes) -> None:
-        """Append one record line (*locked*)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """Append one record line (*locked*); durable after :meth:`flush`."""
+        fd = create(self.path, flags=os.O_WRONLY | os.O_APPEND, exclusive=False)
         try:
-            write_all(fd, line)
-            if self.fsync:
-                os.fsync(fd)
+            write(fd, line)
+        finally:
+            os.close(fd)
+        self.unsynced = True
+
+    def flush(self) -> None:
+        """Make this handle's appends durable (with fsync durability); no lock needed."""
+        if self.unsynced and self.fsync:
+            self._fsync()
+        self.unsynced = False
+
+    def make_durable(self) -> int:
+        """Fsync the dump whatever the durability, and return its size (*locked*)."""
+        self._fsync()
+        self.unsynced = False
+        return self.size()
+
+    def _fsync(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fsync_fd(fd)
         finally:
             os.close(fd)
 
@@ -158,7 +182,11 @@ class ErrorLog:
 
     def _drop_tail(self, keep: int, tail: bytes) -> None:
         aside = save_aside(self.path, "torn", tail, fsync=self.fsync)
-        os.truncate(self.path, keep)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            truncate(fd, keep)
+        finally:
+            os.close(fd)
         logger.warning(
             "%s ended in %d bytes of an interrupted append; moved them to %s",
             self.path,

@@ -18,7 +18,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from neps_state._io import own_descriptor
+from neps_state._io import create, own_descriptor, pwrite
 from neps_state._journal import frame, parse_frames
 
 _MAX_READ = 1 << 20
@@ -52,7 +52,7 @@ class IntentFile:
 
     def _descriptor(self) -> int:
         if self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = create(self.path, flags=os.O_RDWR, exclusive=False)
             own_descriptor(self, self._fd)
             self._pid = os.getpid()
         return self._fd
@@ -62,7 +62,7 @@ class IntentFile:
         data = os.pread(self._descriptor(), _MAX_READ, 0)
         if not data:
             return None
-        payloads, _ = parse_frames(data, 0)
+        payloads, _ = parse_frames(data, 0, empty_ok=True)
         if not payloads:
             return UNREADABLE
         if not payloads[0]:
@@ -75,8 +75,8 @@ class IntentFile:
 
     def begin(self, intent: Intent) -> None:
         """Record ``intent`` before any file is changed."""
-        os.pwrite(self._descriptor(), frame(pickle.dumps(intent, pickle.HIGHEST_PROTOCOL)), 0)
+        pwrite(self._descriptor(), frame(pickle.dumps(intent, pickle.HIGHEST_PROTOCOL)), 0)
 
     def clear(self) -> None:
         """Mark clean (a lost clear only causes a harmless, idempotent recovery)."""
-        os.pwrite(self._descriptor(), _CLEAN, 0)
+        pwrite(self._descriptor(), _CLEAN, 0)

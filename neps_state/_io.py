@@ -1,9 +1,14 @@
-"""File primitives for writing a run directory (and ``_spare``'s files made ahead).
+"""File primitives of a run directory: every change to one goes through this module.
 
 Every rewrite is a complete file given its name in one step: :func:`write_atomic`
 (a temp file in the same directory, fsync when durability asks for it,
 ``os.replace``, an fsync of the directory) or a spare placed by :func:`exchange`
 or a rename. Readers therefore see the old file or the new one, never a part.
+
+Because every create, write, rename, unlink and fsync of a run directory is one
+of the functions below, a *tracer* (:func:`set_tracer`) sees each of them in
+order: the crash-state enumerator of ``pytest_neps`` replays subsets of such a
+trace to build every state a file system may persist after a power loss.
 
 Fault points: :func:`fault_point` marks the instants at which a crash is most
 interesting (between the trial-directory write and the cache record, during a
@@ -20,12 +25,11 @@ import json
 import os
 import pickle
 import secrets
-import shutil
 import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -74,6 +78,142 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+class Tracer(Protocol):
+    """Sees every change to the file system made through this module, after it succeeded."""
+
+    def __call__(self, op: str, **args: Any) -> None:
+        """Called after each change.
+
+        ``op`` is one of ``create mkdir write truncate fallocate fsync rename exchange
+        link unlink rmdir``; ``args`` name the paths (``path``, ``src``, ``dst``) or the
+        descriptor (``fd``) and, for data, ``offset`` and ``data`` (or ``size``).
+        """
+
+
+_tracer: Tracer | None = None
+
+
+def set_tracer(tracer: Tracer | None) -> Tracer | None:
+    """Install ``tracer`` (None: none) and return the previous one."""
+    global _tracer
+    previous, _tracer = _tracer, tracer
+    return previous
+
+
+def create(path: Path, *, flags: int = os.O_WRONLY, exclusive: bool = True) -> int:
+    """Open ``path`` with ``O_CREAT`` (and ``O_EXCL`` unless ``exclusive=False``)."""
+    if _tracer is None:
+        return os.open(path, flags | os.O_CREAT | (os.O_EXCL if exclusive else 0), 0o644)
+    existed = not exclusive and os.path.lexists(path)
+    fd = os.open(path, flags | os.O_CREAT | (os.O_EXCL if exclusive else 0), 0o644)
+    if not existed:
+        _tracer("create", path=Path(path))
+    return fd
+
+
+def write(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` at the descriptor's position (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    if _tracer is not None and data:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        _tracer("write", fd=fd, offset=end - len(data), data=bytes(data))
+
+
+def pwrite(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` (a positioned write, same size in the common case)."""
+    view, at = memoryview(data), offset
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+    if _tracer is not None and data:
+        _tracer("write", fd=fd, offset=offset, data=bytes(data))
+
+
+def truncate(fd: int, size: int) -> None:
+    """Cut (or extend with zeros) the open file to ``size`` bytes."""
+    os.ftruncate(fd, size)
+    if _tracer is not None:
+        _tracer("truncate", fd=fd, size=size)
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes for ``fd`` ahead of the write, where the file system can."""
+    # ext4 forces writeback of delayed-allocation data when a rename replaces a
+    # file (auto_da_alloc); allocating the blocks up front avoids that stall
+    # (measured: ~120 -> ~70 us per replace). Not every filesystem supports it.
+    if not size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        return
+    if _tracer is not None:
+        _tracer("fallocate", fd=fd, size=size)
+
+
+def fsync_fd(fd: int) -> None:
+    """Make the open file's data durable."""
+    os.fsync(fd)
+    if _tracer is not None:
+        _tracer("fsync", fd=fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entries of ``path`` durable (a rename is only durable then)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def rename(src: Path, dst: Path) -> None:
+    """Give ``src`` the name ``dst``, replacing a file there, in one atomic step."""
+    os.replace(src, dst)
+    if _tracer is not None:
+        _tracer("rename", src=Path(src), dst=Path(dst))
+
+
+def link(src: Path, dst: Path) -> None:
+    """Give the file ``src`` the second name ``dst``."""
+    os.link(src, dst)
+    if _tracer is not None:
+        _tracer("link", src=Path(src), dst=Path(dst))
+
+
+def unlink(path: Path, *, missing_ok: bool = True) -> None:
+    """Remove the name ``path``; a missing one is fine unless ``missing_ok=False``."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        return
+    if _tracer is not None:
+        _tracer("unlink", path=Path(path))
+
+
+def mkdir(path: Path, *, exist_ok: bool = False) -> None:
+    """Create the folder ``path``."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if exist_ok and os.path.isdir(path):
+            return
+        raise
+    if _tracer is not None:
+        _tracer("mkdir", path=Path(path))
+
+
+def rmdir(path: Path) -> None:
+    """Remove the empty folder ``path``."""
+    os.rmdir(path)
+    if _tracer is not None:
+        _tracer("rmdir", path=Path(path))
+
+
 TMP_INFIX = ".tmp-"
 """Temp files are named ``.<name>.tmp-<random>``; readers never look at them."""
 
@@ -92,33 +232,23 @@ def write_atomic(
     ``fault`` names a fault point between the complete temp file and the rename.
     """
     tmp = tmp_sibling(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = create(tmp)
     try:
         try:
             preallocate(fd, len(data))
-            write_all(fd, data)
+            write(fd, data)
             if fsync:
-                os.fsync(fd)
+                fsync_fd(fd)
         finally:
             os.close(fd)
         if fault:
             fault_point(fault)
-        os.replace(tmp, path)
+        rename(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        unlink(tmp)
         raise
     if fsync and sync_dir:
         fsync_dir(path.parent)
-
-
-def preallocate(fd: int, size: int) -> None:
-    """Allocate ``size`` bytes for ``fd`` ahead of the write, where the file system can."""
-    # ext4 forces writeback of delayed-allocation data when a rename replaces a
-    # file (auto_da_alloc); allocating the blocks up front avoids that stall
-    # (measured: ~120 -> ~70 us per replace). Not every filesystem supports it.
-    if size:
-        with contextlib.suppress(OSError):
-            os.posix_fallocate(fd, 0, size)
 
 
 def _load_renameat2() -> Any:
@@ -150,6 +280,8 @@ def exchange(a: Path, b: Path) -> bool:
     if _RENAMEAT2 is None:
         return False
     if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        if _tracer is not None:
+            _tracer("exchange", src=Path(a), dst=Path(b))
         return True
     err = ctypes.get_errno()
     if err in _CANNOT_EXCHANGE:
@@ -157,30 +289,29 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is written (a write may be partial)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the directory entries of ``path`` durable (a rename is only durable then)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_tree(path: Path) -> None:
     """Remove a directory so that it vanishes at once: rename it away, then delete."""
     trash = path.with_name(f".trash-{path.name}-{secrets.token_hex(4)}")
     try:
-        os.rename(path, trash)
+        rename(path, trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    _delete_tree(trash)
+
+
+def _delete_tree(path: Path) -> None:
+    """Delete a folder no one else uses, bottom-up; what vanishes meanwhile is fine."""
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _delete_tree(Path(entry.path))
+        else:
+            unlink(Path(entry.path))
+    with contextlib.suppress(OSError):
+        rmdir(path)
 
 
 def save_aside(path: Path, suffix: str, data: bytes, *, fsync: bool) -> Path:
@@ -257,10 +388,10 @@ def create_file(path: Path, data: bytes, *, replacing: bool = False) -> None:
     ``replacing``: it will be renamed over a file, so its blocks are allocated
     now (see :func:`preallocate`), not by that rename, under the caller's lock.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = create(path)
     try:
         if replacing:
             preallocate(fd, len(data))
-        write_all(fd, data)
+        write(fd, data)
     finally:
         os.close(fd)

@@ -1,9 +1,11 @@
 """The trial cache ``configs/.trial_cache.pkl`` as a journal of framed records.
 
 Layout: a 24-byte header (8-byte magic, 16-byte random token that names this
-generation of the file), then records, each ``<u32 length><u32 crc32><payload>``.
+generation of the file), then records, each ``<u32 length><u32 crc32><payload>``
+with a non-empty payload (zeros, as a power loss may leave, are not a record).
 Appends happen under the trial lock; a consolidation writes a new generation
-(new token) to a temp file and renames it over the old one.
+(new token) to a temp file, fsyncs it and renames it over the old one, whatever
+the durability setting: a power loss never takes more than the records since.
 
 A handle keeps the journal open and remembers how far it has read, so an
 operation reads only what other processes appended since. A rename by another
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neps_state._errors import NePSError
-from neps_state._io import fault_point, own_descriptor, write_all, write_atomic
+from neps_state._io import fault_point, fsync_fd, own_descriptor, truncate, write, write_atomic
 
 MAGIC = b"NEPSJRN1"
 HEADER_SIZE = len(MAGIC) + 16
@@ -35,14 +37,18 @@ def frame(payload: bytes) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def parse_frames(data: bytes, start: int) -> tuple[list[bytes], int]:
-    """Records in ``data[start:]`` up to the first short or damaged one; and where that is."""
+def parse_frames(data: bytes, start: int, *, empty_ok: bool = False) -> tuple[list[bytes], int]:
+    """Records in ``data[start:]`` up to the first short or damaged one; and where that is.
+
+    An empty payload ends the records unless ``empty_ok``: it is what a run of
+    zero bytes parses as, and journal records are never empty.
+    """
     payloads: list[bytes] = []
     pos, end = start, len(data)
     while end - pos >= _FRAME.size:
         length, crc = _FRAME.unpack_from(data, pos)
         body = pos + _FRAME.size
-        if end - body < length:
+        if end - body < length or (length == 0 and not empty_ok):
             break
         payload = data[body : body + length]
         if zlib.crc32(payload) != crc:
@@ -78,6 +84,7 @@ class Journal:
         self.token = b""
         self.offset = 0
         self.records = 0
+        self.snapshot_end = 0
         self.unsynced = False
 
     def close(self) -> None:
@@ -102,6 +109,8 @@ class Journal:
         size = os.fstat(self._fd).st_size
         data = os.pread(self._fd, size - self.offset, self.offset) if size > self.offset else b""
         payloads, used = parse_frames(data, 0)
+        if reset and payloads:
+            self.snapshot_end = self.offset + _FRAME.size + len(payloads[0])
         self.offset += used
         self.records += len(payloads)
         return ReadResult(payloads, reset, data[used:])
@@ -118,13 +127,14 @@ class Journal:
         self._closer = own_descriptor(self, fd)
         self.token = head[len(MAGIC) :]
         self.offset = HEADER_SIZE
+        self.snapshot_end = HEADER_SIZE
         self.records = 0
 
     def truncate_tail(self) -> None:
         """Cut the file back to the end of the last good record."""
-        os.ftruncate(self._fd, self.offset)
+        truncate(self._fd, self.offset)
         if self.fsync:
-            os.fsync(self._fd)
+            fsync_fd(self._fd)
 
     def append(self, payload: bytes) -> None:
         """Append one record (not yet fsynced: see :meth:`flush`).
@@ -132,7 +142,7 @@ class Journal:
         The caller holds the lock and has just refreshed.
         """
         record = frame(payload)
-        write_all(self._fd, record)
+        write(self._fd, record)
         self.unsynced = True
         end = os.lseek(self._fd, 0, os.SEEK_CUR)
         if end != self.offset + len(record):
@@ -153,17 +163,23 @@ class Journal:
         acknowledged only after its flush, so it is durable when it returns.
         """
         if self.unsynced and self.fsync:
-            os.fsync(self._fd)
+            fsync_fd(self._fd)
         self.unsynced = False
 
     def rewrite(self, payloads: list[bytes]) -> None:
-        """Atomically replace the journal with a new generation holding ``payloads``."""
+        """Atomically and durably replace the journal with a new generation of ``payloads``."""
         token = secrets.token_bytes(16)
         data = MAGIC + token + b"".join(frame(p) for p in payloads)
-        write_atomic(self.path, data, fsync=self.fsync, fault="consolidate.written")
+        write_atomic(self.path, data, fsync=True, fault="consolidate.written")
         fault_point("consolidate.renamed")
         self.unsynced = False  # everything appended is in the new, fsynced generation
         self.close()
         self._reopen()
         self.offset = len(data)
+        self.snapshot_end = HEADER_SIZE + (len(frame(payloads[0])) if payloads else 0)
         self.records = len(payloads)
+
+    @property
+    def tail_bytes(self) -> int:
+        """Bytes appended after the generation's first record (its snapshot)."""
+        return self.offset - self.snapshot_end

@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import lock_descriptor, unlock_descriptor
 
 from neps_state._errors import LockTimeoutError
-from neps_state._io import fault_point, own_descriptor
+from neps_state._io import create, fault_point, own_descriptor
 from neps_state._settings import LOCK_TIMEOUT_ENV, Settings
 
 _REOPEN_LOCK = threading.Lock()
@@ -121,7 +121,7 @@ class FileLocker:
                 self._thread_lock = threading.RLock()
                 self._depth = 0
                 self._waiter = None
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fd = create(self.path, flags=os.O_RDWR, exclusive=False)
                 own_descriptor(self, self._fd)
                 self._pid = os.getpid()
 

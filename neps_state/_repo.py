@@ -3,8 +3,9 @@
 Durability: the journal is the durable record. With ``fsync`` durability its
 append is fsynced before an operation returns; trial folders are written
 atomically (readers never see a part) but not fsynced, since every byte of them
-can be regenerated from the journal (``repair``) should the machine lose power.
-A process crash loses nothing either way: the page cache survives it.
+can be regenerated from the journal should the machine lose power
+(:meth:`TrialRepo.recover`, run by ``NePSState`` after a reboot). A process
+crash loses nothing either way: the page cache survives it.
 
 Commit protocol of every change (the caller holds the trial lock):
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import secrets
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -33,26 +33,45 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from neps_state._errdump import ErrorLog, SerializableTrialError
-from neps_state._errors import CorruptedFileError, TrialAlreadyExistsError, TrialNotFoundError
+from neps_state._errors import (
+    CorruptedFileError,
+    InvalidTrialIdError,
+    TrialAlreadyExistsError,
+    TrialNotFoundError,
+)
 from neps_state._index import TrialIndex
 from neps_state._intent import UNREADABLE, Intent, IntentFile
 from neps_state._io import (
     TMP_INFIX,
     create_file,
     fault_point,
+    mkdir,
+    read_file,
     remove_tree,
+    rename,
     save_aside,
     tmp_sibling,
+    unlink,
     write_atomic,
 )
-from neps_state._journal import ForeignCacheError, Journal, ReadResult
+from neps_state._journal import HEADER_SIZE, ForeignCacheError, Journal, ReadResult
+from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
 from neps_state._spare import SpareFolder, sweep
-from neps_state._trial import MetaData, Report, State, Trial, check_transition, to_plain
+from neps_state._trial import (
+    MetaData,
+    Report,
+    State,
+    Trial,
+    check_transition,
+    to_plain,
+    validate_trial_id,
+)
 from neps_state._trialfiles import (
     ALL_FILES,
     CONFIG_FILE,
     METADATA_FILE,
+    PREFIX,
     TrialWriteHint,
     changed_files,
     list_trial_ids,
@@ -66,10 +85,23 @@ logger = logging.getLogger(__name__)
 
 _STAGING = ".staging-"
 _TRASH = ".trash-"
+_DAMAGED = ".damaged-"
+_TAIL_MIN_BYTES = 1 << 20
+_TAIL_RATIO = 2
+"""A journal is also rewritten once the records after its snapshot outgrow both
+1 MiB and twice the snapshot: a sample's record carries the optimizer state
+(~6 kB), so records are larger than the trials they hold; rewrites stay amortized."""
 
 
-def _pickle(trials: list[Trial]) -> bytes:
-    return pickle.dumps(trials, protocol=pickle.HIGHEST_PROTOCOL)
+@dataclass(frozen=True)
+class Repair:
+    """One change a recovery made (or, in a dry run, would make) to a file of the run."""
+
+    path: Path
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.action}"
 
 
 def _own_copy(trial: Trial) -> Trial:
@@ -98,7 +130,7 @@ class PreparedUpdate:
     def discard(self) -> None:
         """Remove the temp files the update did not use."""
         for tmp in self.temps.values():
-            tmp.unlink(missing_ok=True)
+            unlink(tmp)
         self.temps.clear()
 
 
@@ -131,6 +163,9 @@ class TrialRepo:
         self._intent = IntentFile(self.directory / self.INTENT_FILE_NAME)
         self._index = TrialIndex()
         self._spare = SpareFolder(self.directory, (CONFIG_FILE, METADATA_FILE))
+        self._optimizer_state: bytes | None = None
+        self._errors_base: int | None = None
+        self._errors_journaled: list[tuple[int, bytes]] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
@@ -145,6 +180,11 @@ class TrialRepo:
     def view(self) -> TrialIndex:
         """The live view as of the last sync. Read-only: never mutate its trials."""
         return self._index
+
+    @property
+    def optimizer_state(self) -> bytes | None:
+        """The newest optimizer state in the journal (a pickle) as of the last sync, if any."""
+        return self._optimizer_state
 
     def latest(self) -> dict[str, Trial]:
         """Every trial, as copies the caller may keep and mutate."""
@@ -178,8 +218,13 @@ class TrialRepo:
         return True
 
     def flush(self) -> None:
-        """Make this handle's commits durable (fsync durability); see ``sync_on_commit``."""
+        """Make this handle's commits durable (fsync durability); see ``sync_on_commit``.
+
+        The journal first, then the error lines appended with its records.
+        """
         self._journal.flush()
+        if self.errors is not None:
+            self.errors.flush()
 
     def sync(self) -> None:
         """Bring the view up to date; first recover from a writer that died."""
@@ -215,36 +260,33 @@ class TrialRepo:
     def _absorb(self, result: ReadResult) -> None:
         if result.reset:
             self._index.clear()
+            self._optimizer_state = self._errors_base = None
+            self._errors_journaled = []
         for payload in result.payloads:
-            self._apply(payload)
+            self._apply(decode(payload, self.cache_path))
 
-    def _apply(self, payload: bytes) -> None:
-        try:
-            trials = pickle.loads(payload)  # noqa: S301 - written by this module
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same
-            raise CorruptedFileError(
-                self.cache_path, f"a record does not unpickle: {e!r}"
-            ) from None
-        if not isinstance(trials, list) or not all(isinstance(t, Trial) for t in trials):
-            raise CorruptedFileError(self.cache_path, "a record is not a list of trials")
-        for trial in trials:
+    def _apply(self, record: Record) -> None:
+        for trial in record.trials:
             self._index.put(trial)
+        if record.optimizer_state is not None:
+            self._optimizer_state = record.optimizer_state
+        if record.error is not None:
+            self._errors_journaled.append(record.error)
+        if record.errors_size is not None:
+            self._errors_base = record.errors_size
 
     def _rebuild(self, reason: str, *, keep_old: bool = False) -> None:
         trials = [read_trial(self.directory, tid) for tid in list_trial_ids(self.directory)]
         trials.sort(key=lambda t: (t.metadata.time_sampled, t.id))
         if keep_old:
             old = self.cache_path.with_name(f"{self.CACHE_FILE_NAME}.old-{secrets.token_hex(4)}")
-            os.replace(self.cache_path, old)
+            rename(self.cache_path, old)
             logger.warning("%s: %s; kept it as %s", self.cache_path, reason, old)
         if trials:
             logger.warning(
                 "Rebuilding %s from %d trial folders: %s", self.cache_path, len(trials), reason
             )
-        self._journal.rewrite([_pickle(trials)] if trials else [])
-        self._index.clear()
-        for trial in trials:
-            self._index.put(trial)
+        self._rewrite(Record(trials))
 
     # -- recovery ---------------------------------------------------------------
 
@@ -288,15 +330,189 @@ class TrialRepo:
             return
         for entry in path.iterdir():
             if TMP_INFIX in entry.name:
-                entry.unlink(missing_ok=True)
+                unlink(entry)
         self._write_files(path, files)
+
+    # -- recovery after a power loss ----------------------------------------------
+
+    def recover(self, *, dry_run: bool = False, salvage: bool = False) -> list[Repair]:
+        """Make ``configs/`` and the error dump match the journal again (trial lock held).
+
+        What a power loss leaves: the journal's appends are fsynced (``fsync``
+        durability), trial folders and the error dump's last lines may not be, so a
+        folder may be empty, zero-filled, stale or missing, and the journal may end
+        in a torn record that was never acknowledged. Every folder is compared with
+        the journal and rewritten where it differs; folders of commits that never
+        completed are removed. With ``os`` durability the journal itself may have
+        lost records: a readable folder is then kept (added to the journal, or
+        preferred when it is a legal step ahead of it). What cannot be rebuilt
+        raises ``CorruptedFileError`` naming it, unless ``salvage`` moves it aside.
+        Returns what was changed (with ``dry_run``: what would be, changing nothing).
+        """
+        repairs: list[Repair] = []
+        self._recover_journal(repairs, dry_run=dry_run, salvage=salvage)
+        self._recover_folders(repairs, dry_run=dry_run, salvage=salvage)
+        if self.errors is not None:
+            with self.errors.lock.lock():
+                self._recover_errors(repairs, dry_run=dry_run, salvage=salvage)
+        if not dry_run:
+            for entry in self.directory.iterdir():
+                if entry.name.startswith((_STAGING, _TRASH)):
+                    remove_tree(entry)
+            sweep(self.directory)
+            self._intent.clear()
+        for repair in repairs:
+            logger.warning("Recovering %s: %s", self.directory.parent, repair)
+        return repairs
+
+    def _recover_journal(self, repairs: list[Repair], *, dry_run: bool, salvage: bool) -> None:
+        try:
+            result = self._journal.refresh()
+            reason = "it is missing"
+        except ForeignCacheError:
+            result, reason = None, "it is not a neps_state journal"
+        if result is None:
+            trials = self._readable_folders(repairs, dry_run=dry_run, salvage=salvage)
+            repairs.append(Repair(self.cache_path, f"rebuilt from {len(trials)} folders: {reason}"))
+            if dry_run:
+                self._index.clear()
+                for trial in trials:
+                    self._index.put(trial)
+                return
+            if self.cache_path.exists():
+                rename(self.cache_path, self.cache_path.with_name(f"{self.CACHE_FILE_NAME}.old"))
+            self._rewrite(Record(sorted(trials, key=lambda t: (t.metadata.time_sampled, t.id))))
+            return
+        self._absorb(result)
+        if result.bad_tail:
+            n = len(result.bad_tail)
+            what = f"cut {n} bytes after the last whole record (never acknowledged), saved aside"
+            repairs.append(Repair(self.cache_path, what))
+            if not dry_run:
+                save_aside(self.cache_path, "torn", result.bad_tail, fsync=True)
+                self._journal.truncate_tail()
+
+    def _readable_folders(
+        self, repairs: list[Repair], *, dry_run: bool, salvage: bool
+    ) -> list[Trial]:
+        trials = []
+        for tid in list_trial_ids(self.directory):
+            try:
+                trials.append(read_trial(self.directory, tid))
+            except CorruptedFileError as e:
+                self._set_aside(tid, e, repairs, dry_run=dry_run, salvage=salvage)
+        return trials
+
+    def _set_aside(
+        self,
+        tid: str,
+        error: CorruptedFileError,
+        repairs: list[Repair],
+        *,
+        dry_run: bool,
+        salvage: bool,
+    ) -> None:
+        """A folder that is unreadable and not in the journal: an error, or moved aside."""
+        path = trial_dir(self.directory, tid)
+        if not salvage:
+            raise CorruptedFileError(
+                error.path,
+                f"{error.problem}; the journal does not hold trial {tid!r} either, so it"
+                f" cannot be rebuilt (`neps-state repair {self.directory.parent}` moves it"
+                " aside and continues with the rest)",
+            )
+        aside = self.directory / f"{_DAMAGED}{path.name}-{secrets.token_hex(4)}"
+        repairs.append(Repair(path, f"moved aside to {aside.name}: {error.problem}"))
+        if not dry_run:
+            rename(path, aside)
+
+    def _recover_folders(self, repairs: list[Repair], *, dry_run: bool, salvage: bool) -> None:
+        adopted: list[Trial] = []
+        for trial in list(self._index.values()):
+            path = trial_dir(self.directory, trial.id)
+            problems = _folder_problems(self.directory, trial)
+            if not problems:
+                continue
+            newer = None if self.settings.fsync else _legal_successor(self.directory, trial)
+            if newer is not None:
+                repairs.append(Repair(path, "kept: a step ahead of the journal, which lost it"))
+                adopted.append(newer)
+                continue
+            repairs += [
+                Repair(path / name, f"rewritten from the journal: {p}") for name, p in problems
+            ]
+            if not dry_run:
+                self._restore(trial)
+        for tid in _folder_ids(self.directory) - self._index.keys():
+            path = trial_dir(self.directory, tid)
+            if self.settings.fsync:
+                repairs.append(Repair(path, "removed: its commit never completed"))
+                if not dry_run:
+                    remove_tree(path)
+                continue
+            try:
+                trial = read_trial(self.directory, tid)
+            except CorruptedFileError as e:
+                self._set_aside(tid, e, repairs, dry_run=dry_run, salvage=salvage)
+                continue
+            repairs.append(Repair(path, "added to the journal: its record was lost"))
+            adopted.append(trial)
+        if adopted and not dry_run:
+            record = Record(adopted)
+            self._journal.append(encode(record))
+            self._apply(record)
+            self._journal.flush()
+
+    def _recover_errors(self, repairs: list[Repair], *, dry_run: bool, salvage: bool) -> None:
+        """Make the error dump hold every journaled error line, and (fsync) nothing after."""
+        assert self.errors is not None  # noqa: S101 - the caller checked
+        path = self.errors.path
+        try:
+            data = read_file(path)
+        except CorruptedFileError:
+            data = b""
+        base = self._errors_base or 0
+        if len(data) < base and not salvage:
+            raise CorruptedFileError(
+                path,
+                f"holds {len(data)} bytes, fewer than the {base} made durable before the last"
+                " cache consolidation: error records were lost and cannot be rebuilt"
+                f" (`neps-state repair {self.directory.parent}` accepts the loss)",
+            )
+        new = data
+        for i, (size, line) in enumerate(self._errors_journaled):
+            if data[size : size + len(line)] != line:
+                new = data[: min(size, len(data))] + b"".join(
+                    x for _, x in self._errors_journaled[i:]
+                )
+                n = len(self._errors_journaled) - i
+                repairs.append(Repair(path, f"{n} error record(s) rewritten from the journal"))
+                break
+        else:
+            last = self._errors_journaled[-1] if self._errors_journaled else None
+            end = base if last is None else last[0] + len(last[1])
+            if self.settings.fsync and len(data) > end:
+                new = data[:end]
+                what = f"cut {len(data) - end} bytes of records never acknowledged, saved aside"
+                repairs.append(Repair(path, what))
+        if new != data and not dry_run:
+            if len(data) > len(new) and data.startswith(new):
+                save_aside(path, "unacknowledged", data[len(new) :], fsync=True)
+            write_atomic(path, new, fsync=True)
 
     # -- writing ----------------------------------------------------------------
 
-    def store_new_trial(self, trial: Trial | Iterable[Trial]) -> None:
-        """Add new trials (all or none); an id that exists raises ``TrialAlreadyExistsError``."""
+    def store_new_trial(
+        self, trial: Trial | Iterable[Trial], *, optimizer_state: bytes | None = None
+    ) -> None:
+        """Add new trials (all or none); an id that exists raises ``TrialAlreadyExistsError``.
+
+        ``optimizer_state`` (a pickled ``OptimizationState``) is committed with them.
+        """
         batch = [trial] if isinstance(trial, Trial) else list(trial)
         if not batch:
+            if optimizer_state is not None:
+                self._commit_alone(Record([], optimizer_state=optimizer_state))
             return
         self.sync()
         prepared: list[tuple[Trial, Path, dict[str, bytes | None]]] = []
@@ -309,7 +525,7 @@ class TrialRepo:
             new = _own_copy(item)
             _check_consistent(new)
             prepared.append((new, path, render(new, path, ALL_FILES)))
-        payload = _pickle([p[0] for p in prepared])
+        payload = encode(Record([p[0] for p in prepared], optimizer_state=optimizer_state))
         intent = self._begin("store", tuple(seen))
         try:
             staged = [(self._fill_spare(files), path, files) for _, path, files in prepared]
@@ -327,8 +543,16 @@ class TrialRepo:
             self._recover(intent)
             raise
         self._intent.clear()
-        for new, _, _ in prepared:
-            self._index.put(new)
+        self._apply(Record([p[0] for p in prepared], optimizer_state=optimizer_state))
+        self._maybe_consolidate()
+        if self.sync_on_commit:
+            self.flush()
+
+    def _commit_alone(self, record: Record) -> None:
+        """Append a record that changes no file (so it needs no intent)."""
+        self.sync()
+        self._journal.append(encode(record))
+        self._apply(record)
         self._maybe_consolidate()
         if self.sync_on_commit:
             self.flush()
@@ -364,13 +588,14 @@ class TrialRepo:
         files = render(new, path, [f for f in (*names, *changed_files(old, new)) if f not in ready])
         files.update(ready)
         temps = {} if prepared is None else prepared.temps
-        payload = _pickle([new])
         line = None if error is None else error.to_line()
         if line is not None and self.errors is None:
             raise ValueError("this TrialRepo has no error log to record the error in")
         errors = self.errors if line is not None else None
         with errors.lock.lock() if errors is not None else contextlib.nullcontext():
             size = None if errors is None else errors.size()
+            record = Record([new], error=None if size is None or line is None else (size, line))
+            payload = encode(record)
             intent = self._begin("update", (new.id,), errors_size=size, error_line=line)
             try:
                 self._write_files(path, files, temps)
@@ -384,7 +609,7 @@ class TrialRepo:
                 self._recover(intent)
                 raise
             self._intent.clear()
-        self._index.put(new)
+        self._apply(record)
         self._maybe_consolidate()
         if self.sync_on_commit:
             self.flush()
@@ -393,16 +618,34 @@ class TrialRepo:
         """Rewrite the journal as one snapshot record (atomically: old or new, never broken)."""
         self.sync()
         trials = list(self._index.values())
-        self._journal.rewrite([_pickle(trials)] if trials else [])
+        errors_size = None
+        if self.errors is not None:
+            # The snapshot drops the error lines its records carried: the dump is made
+            # durable first, and its size is what a recovery may trust from now on.
+            with self.errors.lock.lock():
+                errors_size = self.errors.make_durable()
+        self._rewrite(Record(trials, self._optimizer_state, errors_size=errors_size))
         logger.debug("Consolidated %s: %d trials", self.cache_path, len(trials))
         # As costly as the rewrite (one pass over the folder), and as rare.
         sweep(self.directory)
 
+    def _rewrite(self, snapshot: Record) -> None:
+        """Replace the journal by a new generation holding only ``snapshot``."""
+        empty = not (snapshot.trials or snapshot.optimizer_state or snapshot.errors_size)
+        self._journal.rewrite([] if empty else [encode(snapshot)])
+        self._index.clear()
+        self._optimizer_state = self._errors_base = None
+        self._errors_journaled = []
+        self._apply(snapshot)
+
     def _maybe_consolidate(self) -> None:
-        s = self.settings
-        if self._journal.records > max(
+        s, journal = self.settings, self._journal
+        by_records = journal.records > max(
             s.consolidation_limit, s.consolidation_ratio * len(self._index)
-        ):
+        )
+        snapshot = journal.snapshot_end - HEADER_SIZE
+        by_bytes = journal.tail_bytes > max(_TAIL_MIN_BYTES, _TAIL_RATIO * snapshot)
+        if by_records or by_bytes:
             self.consolidate()
 
     def _begin(self, op: str, ids: tuple[str, ...], **extra: Any) -> Intent:
@@ -419,7 +662,7 @@ class TrialRepo:
 
     def _stage(self, files: dict[str, bytes | None]) -> Path:
         staging = self.directory / f"{_STAGING}{secrets.token_hex(6)}"
-        os.mkdir(staging)
+        mkdir(staging)
         for name, data in files.items():
             if data is not None:
                 create_file(staging / name, data)
@@ -430,7 +673,7 @@ class TrialRepo:
         return self._stage(files) if spare is None else spare
 
     def _place(self, staging: Path, path: Path) -> None:
-        os.rename(staging, path)
+        rename(staging, path)
 
     def _write_files(
         self, path: Path, files: dict[str, bytes | None], temps: dict[str, Path] | None = None
@@ -438,11 +681,11 @@ class TrialRepo:
         for name, data in files.items():
             tmp = None if temps is None else temps.pop(name, None)
             if data is None:
-                (path / name).unlink(missing_ok=True)
+                unlink(path / name)
                 continue
             if tmp is not None:
                 try:
-                    os.replace(tmp, path / name)
+                    rename(tmp, path / name)
                     continue
                 except FileNotFoundError:
                     logger.debug("%s vanished (a recovery cleaned the folder); rewriting", tmp)
@@ -483,6 +726,68 @@ class TrialRepo:
             prepared.discard()
             raise
         return prepared
+
+
+def _folder_ids(configs: Path) -> set[str]:
+    """The ids of the ``config_<id>`` folders (other entries are not trials)."""
+    out = set()
+    for entry in os.scandir(configs):
+        if entry.name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False):
+            try:
+                out.add(validate_trial_id(entry.name[len(PREFIX) :]))
+            except InvalidTrialIdError:
+                continue
+    return out
+
+
+def _folder_problems(configs: Path, trial: Trial) -> list[tuple[str, str]]:
+    """Each file of the trial's folder that differs from the journal's version, and how."""
+    path = trial_dir(configs, trial.id)
+    if not path.is_dir():
+        return [("", "the folder is missing")]
+    out = []
+    for name, expected in render(trial, path, ALL_FILES).items():
+        try:
+            actual: bytes | None = (path / name).read_bytes()
+        except FileNotFoundError:
+            actual = None
+        except IsADirectoryError:
+            actual = b"/"
+        if actual != expected:
+            out.append((name, _how_it_differs(actual, expected)))
+    if out:
+        try:
+            if read_trial(configs, trial.id) == trial:
+                return []  # the same trial, in another writer's formatting (e.g. NePS's)
+        except (CorruptedFileError, TrialNotFoundError):
+            pass
+    return out
+
+
+def _how_it_differs(actual: bytes | None, expected: bytes | None) -> str:
+    if actual is None:
+        return "missing"
+    if expected is None:
+        return "should not exist"
+    if not actual:
+        return "empty"
+    if not actual.strip(b"\0"):
+        return "zero-filled"
+    return "stale or damaged"
+
+
+def _legal_successor(configs: Path, trial: Trial) -> Trial | None:
+    """The folder's version of ``trial`` if it is readable and one step forward from it."""
+    try:
+        folder = read_trial(configs, trial.id)
+        check_transition(trial, folder)
+    except (CorruptedFileError, TrialNotFoundError, ValueError):
+        return None
+    step = (trial.metadata.state, folder.metadata.state)
+    forward = step == (State.PENDING, State.EVALUATING) or (
+        step[0] is State.EVALUATING and step[1].is_finished
+    )
+    return folder if forward else None
 
 
 def _check_consistent(trial: Trial) -> None:

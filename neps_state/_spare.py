@@ -35,7 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neps_state._io import exchange, preallocate, remove_tree, write_all
+from neps_state._io import (
+    create,
+    exchange,
+    fsync_fd,
+    link,
+    mkdir,
+    preallocate,
+    remove_tree,
+    rename,
+    unlink,
+    write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +85,7 @@ def _remove(path: Path) -> None:
     if path.is_dir():
         remove_tree(path)
     else:
-        path.unlink(missing_ok=True)
+        unlink(path)
 
 
 def _discard_at_exit(path: Path, fds: list[int], pid: int) -> None:
@@ -93,7 +104,7 @@ def retire(path: Path, into: Path) -> Path | None:
     """
     retired = into / f"{SPARE_INFIX}{secrets.token_hex(6)}"
     try:
-        os.link(path, retired)
+        link(path, retired)
     except FileNotFoundError:
         return None
     return retired
@@ -102,7 +113,7 @@ def retire(path: Path, into: Path) -> Path | None:
 def unlink_all(paths: list[Path]) -> None:
     """Remove these names (retired or unused files); those already gone are fine."""
     for path in paths:
-        path.unlink(missing_ok=True)
+        unlink(path)
     paths.clear()
 
 
@@ -166,12 +177,12 @@ class SpareFile(_Spare):
 
     def _create(self) -> _Held:
         path = self.target.with_name(f".{self.target.name}{SPARE_INFIX}{secrets.token_hex(6)}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = create(path)
         try:
             _lock(fd)
         except OSError:
             _close_all([fd])
-            path.unlink(missing_ok=True)
+            unlink(path)
             raise
         return _Held(path, fd)
 
@@ -183,9 +194,9 @@ class SpareFile(_Spare):
         try:
             if not self._swaps:
                 preallocate(held.lock_fd, len(data))
-            write_all(held.lock_fd, data)
+            write(held.lock_fd, data)
             if fsync:
-                os.fsync(held.lock_fd)
+                fsync_fd(held.lock_fd)
             self._swaps = self._swaps and exchange(held.path, self.target)
             if self._swaps:
                 self._retired.append(held.path)  # now the old file
@@ -193,7 +204,7 @@ class SpareFile(_Spare):
                 retired = retire(self.target, self.target.parent)
                 if retired is not None:
                     self._retired.append(retired)
-                os.replace(held.path, self.target)
+                rename(held.path, self.target)
         except FileNotFoundError:
             held.discard()
             return False
@@ -214,13 +225,13 @@ class SpareFolder(_Spare):
 
     def _create(self) -> _Held:
         path = self.parent / f"{SPARE_INFIX}{secrets.token_hex(6)}"
-        os.mkdir(path)
+        mkdir(path)
         held = _Held(path, -1)
         try:
             held.lock_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             _lock(held.lock_fd)
             for name in self.names:
-                held.fds[name] = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                held.fds[name] = create(path / name)
         except OSError:
             held.discard()
             raise
@@ -240,16 +251,14 @@ class SpareFolder(_Spare):
                 fd = held.fds.get(name)
                 if data is None:
                     if fd is not None:
-                        os.unlink(held.path / name)
+                        unlink(held.path / name, missing_ok=False)
                 elif fd is None:
-                    fd = held.fds[name] = os.open(
-                        held.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
-                    )
-                    write_all(fd, data)
+                    fd = held.fds[name] = create(held.path / name)
+                    write(fd, data)
                 else:
-                    write_all(fd, data)
+                    write(fd, data)
             for name in held.fds.keys() - files.keys():
-                os.unlink(held.path / name)
+                unlink(held.path / name, missing_ok=False)
         except FileNotFoundError:
             held.discard()
             return None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, overload
 
+from neps_state._boot import current_boot, is_checked, record_checked
 from neps_state._errdump import ErrDump, ErrorLog, SerializableTrialError
 from neps_state._errors import (
     CorruptedFileError,
@@ -19,10 +22,18 @@ from neps_state._errors import (
     OptimizerInfoMismatchError,
     TrialNotFoundError,
 )
-from neps_state._io import dump_yaml, fault_point, load_pickle, load_yaml, write_atomic
+from neps_state._io import (
+    dump_yaml,
+    fault_point,
+    load_pickle,
+    load_yaml,
+    mkdir,
+    rename,
+    write_atomic,
+)
 from neps_state._locks import FileLocker
 from neps_state._optimizer import AskFunction, OptimizationState, OptimizerInfo, SampledConfig
-from neps_state._repo import TrialRepo
+from neps_state._repo import Repair, TrialRepo
 from neps_state._settings import Settings
 from neps_state._spare import SpareFile, sweep
 from neps_state._trial import Report, State, Trial, validate_trial_id
@@ -85,6 +96,7 @@ class NePSState:
             path / CONFIGS_DIR, settings=settings, errors=self._errors, sync_on_commit=False
         )
         self._state_spare = SpareFile(self._optimizer_state_path)
+        self._checked_pid = -1
 
     @contextmanager
     def _trials(self) -> Iterator[None]:
@@ -143,9 +155,32 @@ class NePSState:
                 # The root holds a handful of entries; configs/ (one per trial) is
                 # swept by consolidations and recoveries, not at every start-up.
                 sweep(root)
-        with state._trials():
-            state._trial_repo.sync()
+            state._ensure_checked()
+            with state._trials():
+                state._trial_repo.sync()
+            state._read_optimizer_state()
         return state
+
+    @classmethod
+    def repair(
+        cls, path: Path | str, *, dry_run: bool = False, settings: Settings | None = None
+    ) -> list[Repair]:
+        """Check and rebuild every file derived from the journal, as after a power loss.
+
+        What ``create_or_load`` does by itself after a reboot, run explicitly; what
+        cannot be rebuilt (see ``TrialRepo.recover``) is moved aside and listed, so
+        the run can go on with what remains. Returns the changes (``dry_run``: the
+        changes it would make, making none). Durability should be the run's own
+        (``settings`` or ``NEPS_STATE_DURABILITY``): it decides which files are trusted.
+        """
+        root = Path(path).absolute()
+        if not (root / OPTIMIZER_INFO_FILE).is_file():
+            raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
+        if not (root / CONFIGS_DIR).is_dir():
+            raise CorruptedFileError(root / CONFIGS_DIR, "is missing or not a folder")
+        state = cls(root, Settings.from_env() if settings is None else settings)
+        with state._optimizer_lock.lock(), state._trials():
+            return state._recover(current_boot(), dry_run=dry_run, salvage=True)
 
     def _check_existing(self, info: OptimizerInfo | None) -> None:
         """Check a run directory that exists: readable, and ``info`` (if given) its optimizer's."""
@@ -154,7 +189,61 @@ class NePSState:
         on_disk = self._read_optimizer_info()
         if info is not None and on_disk != info:
             raise OptimizerInfoMismatchError(self.path, on_disk, info)
-        self._read_optimizer_state()
+
+    def _ensure_checked(self) -> None:
+        """Once per process: after a reboot, rebuild what a power loss may have broken.
+
+        Folders and the optimizer state file are not fsynced (see ``_boot``); the
+        first handle of a new boot compares them with the journal and repairs them.
+        Cheap afterwards: one small file is read per handle and process.
+        """
+        if self._checked_pid == os.getpid():
+            return
+        configs, boot = self.path / CONFIGS_DIR, current_boot()
+        if not is_checked(configs, boot):
+            with self._optimizer_lock.lock(), self._trials():
+                if not is_checked(configs, boot):
+                    self._recover(boot)
+        self._checked_pid = os.getpid()
+
+    def _recover(
+        self, boot: str | None, *, dry_run: bool = False, salvage: bool = False
+    ) -> list[Repair]:
+        """Both locks held: repair the trial files, then the optimizer state; record ``boot``."""
+        repairs = self._trial_repo.recover(dry_run=dry_run, salvage=salvage)
+        repairs += self._recover_optimizer_state(dry_run=dry_run)
+        self._read_optimizer_info()
+        if not dry_run:
+            record_checked(self.path / CONFIGS_DIR, boot)
+        return repairs
+
+    def _recover_optimizer_state(self, *, dry_run: bool) -> list[Repair]:
+        path, journaled = self._optimizer_state_path, self._trial_repo.optimizer_state
+        if journaled is None:
+            try:
+                self._read_optimizer_state()
+            except CorruptedFileError as e:
+                raise CorruptedFileError(
+                    path, f"{e.problem}; the journal holds no copy to rebuild it from"
+                ) from None
+            return []
+        try:
+            on_disk: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            on_disk = None
+        except IsADirectoryError:
+            on_disk = b"/"
+        if on_disk == journaled:
+            return []
+        how = "missing" if on_disk is None else "empty" if not on_disk else "stale or damaged"
+        folder = path.is_dir()
+        if folder:
+            how = "a folder is in its place (moved aside)"
+        if not dry_run:
+            if folder:
+                rename(path, path.with_name(f".{path.name}.damaged-{secrets.token_hex(4)}"))
+            write_atomic(path, journaled, fsync=False)
+        return [Repair(path, f"rewritten from the journal: {how}")]
 
     def _create(self, info: OptimizerInfo, opt_state: OptimizationState) -> None:
         configs = self.path / CONFIGS_DIR
@@ -163,12 +252,16 @@ class NePSState:
                 self.path, f"it holds trial folders but no {OPTIMIZER_INFO_FILE}"
             )
         info_bytes = dump_yaml(info.to_dict(), self._optimizer_info_path)
-        self._write_optimizer_state(opt_state, fsync=self.settings.fsync)
+        # Created once, so always made durable: a power loss never unmakes a run.
+        self._write_optimizer_state(pickle.dumps(opt_state, pickle.HIGHEST_PROTOCOL), fsync=True)
         fault_point("create.state_written")
-        configs.mkdir(exist_ok=True)
+        mkdir(configs, exist_ok=True)
         # The info file is written last: its presence means "created".
-        write_atomic(self._optimizer_info_path, info_bytes, fsync=self.settings.fsync)
+        write_atomic(self._optimizer_info_path, info_bytes, fsync=True)
         fault_point("create.info_written")
+        with self._trials():
+            self._trial_repo.sync()
+        record_checked(configs, current_boot())
 
     # -- optimizer files ----------------------------------------------------------
 
@@ -185,30 +278,44 @@ class NePSState:
         return OptimizerInfo(name=data["name"], info=info)
 
     def _read_optimizer_state(self) -> OptimizationState:
-        obj = load_pickle(self._optimizer_state_path)
+        """The newest state: the journal's (as of the last sync), else the file's."""
+        journaled = self._trial_repo.optimizer_state
+        if journaled is None:
+            path = self._optimizer_state_path
+            obj = load_pickle(path)
+        else:
+            path = self._trial_repo.cache_path
+            obj = load_pickle(path, journaled)
         if not isinstance(obj, OptimizationState):
             raise CorruptedFileError(
-                self._optimizer_state_path,
-                f"holds a {type(obj).__name__}, not an OptimizationState",
+                path, f"holds a {type(obj).__name__}, not an OptimizationState"
             )
         return obj
 
-    def _write_optimizer_state(self, opt_state: OptimizationState, *, fsync: bool) -> None:
-        # Rewritten by every sample, atomically; fsynced only at creation. After a
-        # power loss it may hold an older snapshot, or nothing readable (then
-        # reading it raises CorruptedFileError): the journal is the durable record.
-        data = pickle.dumps(opt_state, protocol=pickle.HIGHEST_PROTOCOL)
+    def _write_optimizer_state(self, data: bytes, *, fsync: bool) -> None:
+        # Rewritten by every sample, atomically; fsynced only at creation. The
+        # journal record of the sample carries the same bytes and is the durable
+        # copy: after a power loss this file is rebuilt from it (_recover).
         if not self._state_spare.place(data, fsync=fsync):
             write_atomic(self._optimizer_state_path, data, fsync=fsync)
 
+    def _sync_view(self) -> None:
+        """Bring the view up to date: without the trial lock when nothing needs repair."""
+        if not self._trial_repo.peek():
+            with self._trials():
+                self._trial_repo.sync()
+
     def lock_and_get_optimizer_info(self) -> OptimizerInfo:
         """The optimizer info on disk."""
+        self._ensure_checked()
         with self._optimizer_lock.lock():
             return self._read_optimizer_info()
 
     def lock_and_get_optimizer_state(self) -> OptimizationState:
-        """The optimizer state on disk."""
+        """The optimizer state left by the last sample (or the creation)."""
+        self._ensure_checked()
         with self._optimizer_lock.lock():
+            self._sync_view()
             return self._read_optimizer_state()
 
     # -- sampling -----------------------------------------------------------------
@@ -231,6 +338,7 @@ class NePSState:
         ``worker_id``, in the same commit: a worker that samples for itself needs no
         second critical section to claim what it sampled (and nobody can take it).
         """
+        self._ensure_checked()
         # Files are created now, outside the locks; under them only written and renamed.
         with self._state_spare.ahead(), self._trial_repo.store_ahead():
             trials = self._sample_locked(optimizer, worker_id=worker_id, n=n, claim=claim)
@@ -244,9 +352,7 @@ class NePSState:
         self, optimizer: AskFunction, *, worker_id: str, n: int | None, claim: bool
     ) -> list[Trial]:
         with self._optimizer_lock.lock():
-            if not self._trial_repo.peek():  # only recovery or a rebuild needs the lock
-                with self._trials():
-                    self._trial_repo.sync()
+            self._sync_view()
             view = self._trial_repo.view
             opt_state = self._read_optimizer_state()
             opt_state.seed_snapshot.set_as_global_seed_state()
@@ -263,10 +369,11 @@ class NePSState:
             trials = self._new_trials(sampled, n, worker_id)
             if claim and trials:
                 trials[0].set_evaluating(time_started=time.time(), worker_id=worker_id)
-            self._write_optimizer_state(opt_state, fsync=False)
+            state_bytes = pickle.dumps(opt_state, protocol=pickle.HIGHEST_PROTOCOL)
+            self._write_optimizer_state(state_bytes, fsync=False)
             fault_point("sample.optimizer_state_written")
             with self._trial_lock.lock():
-                self._trial_repo.store_new_trial(trials)
+                self._trial_repo.store_new_trial(trials, optimizer_state=state_bytes)
         return trials
 
     def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[Trial]:
@@ -309,6 +416,7 @@ class NePSState:
 
     def lock_and_claim_next_pending_trial(self, worker_id: str) -> Trial | None:
         """Take the earliest pending trial and mark it evaluating, in one critical section."""
+        self._ensure_checked()
         repo = self._trial_repo
         if repo.peek() and not repo.view.count(State.PENDING):
             # Nothing pending among the committed trials at this instant: a correct
@@ -328,6 +436,7 @@ class NePSState:
         self, trial: Trial, report: Report, *, worker_id: str
     ) -> None:
         """Attach ``report`` to the evaluating ``trial``; an error is also added to the dump."""
+        self._ensure_checked()
         trial.report = report
         new = trial.clone()
         reported = State(report.reported_as)
@@ -369,6 +478,7 @@ class NePSState:
         self, trial: Trial, *, hints: list[TrialWriteHint] | TrialWriteHint | None = None
     ) -> None:
         """Store a new version of an existing trial (only legal state changes)."""
+        self._ensure_checked()
         with self._trials():
             self._trial_repo.update_trial(trial, hints=hints)
 
@@ -376,17 +486,20 @@ class NePSState:
 
     def lock_and_read_trials(self) -> dict[str, Trial]:
         """Every trial, by id."""
+        self._ensure_checked()
         with self._trials():
             return self._trial_repo.latest()
 
     def all_trial_ids(self) -> list[str]:
         """Every trial id."""
+        self._ensure_checked()
         with self._trials():
             self._trial_repo.sync()
             return list(self._trial_repo.view)
 
     def lock_and_get_trial_by_id(self, trial_id: str) -> Trial:
         """One trial; ``TrialNotFoundError`` if there is none with this id."""
+        self._ensure_checked()
         validate_trial_id(trial_id)
         with self._trials():
             self._trial_repo.sync()
@@ -397,6 +510,7 @@ class NePSState:
 
     def unsafe_retry_get_trial_by_id(self, trial_id: str) -> Trial:
         """Read one trial from its folder without the lock, retrying a failed read."""
+        self._ensure_checked()
         last: CorruptedFileError | None = None
         for _ in range(N_UNSAFE_RETRIES):
             try:
@@ -414,6 +528,7 @@ class NePSState:
 
     def lock_and_get_next_pending_trial(self, n: int | None = None) -> Trial | list[Trial] | None:
         """The earliest sampled pending trial (or the ``n`` earliest); does not claim it."""
+        self._ensure_checked()
         with self._trials():
             self._trial_repo.sync()
             pending = [
@@ -425,6 +540,7 @@ class NePSState:
 
     def lock_and_get_current_evaluating_trials(self) -> list[Trial]:
         """Every trial being evaluated."""
+        self._ensure_checked()
         with self._trials():
             self._trial_repo.sync()
             view = self._trial_repo.view
@@ -432,10 +548,12 @@ class NePSState:
 
     def lock_and_get_errors(self) -> ErrDump:
         """Every error record of the run."""
+        self._ensure_checked()
         with self._err_lock.lock():
             return self._errors.read()
 
     def lock_and_consolidate_cache(self) -> None:
         """Rewrite the trial cache as one snapshot now."""
+        self._ensure_checked()
         with self._trials():
             self._trial_repo.consolidate()

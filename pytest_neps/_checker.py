@@ -19,6 +19,7 @@ import yaml
 
 from neps_state import NePSError, OptimizationState, Trial, validate_trial_id
 from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from neps_state._records import decode
 from neps_state._trialfiles import PREFIX, PREVIOUS_FILE, read_trial
 from pytest_neps._history import Op
 
@@ -68,7 +69,9 @@ def _check_optimizer_files(root: Path, out: list[Violation]) -> None:
     except (OSError, yaml.YAMLError) as e:
         out.append(Violation("files parse", str(info), _short(e)))
     state = root / "optimizer_state.pkl"
-    if state.exists():
+    if not state.exists():
+        out.append(Violation("files parse", str(state), "is missing"))
+    else:
         try:
             obj = pickle.loads(state.read_bytes())  # noqa: S301 - the run directory is trusted
             if not isinstance(obj, OptimizationState):
@@ -99,7 +102,7 @@ def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
     intent = configs / ".trial_cache.intent"
     marker = intent.read_bytes() if intent.exists() else b""
     if marker:
-        payloads, _ = parse_frames(marker, 0)
+        payloads, _ = parse_frames(marker, 0, empty_ok=True)
         if not payloads or payloads[0]:
             out.append(Violation("recovery", str(intent), "a writer died; recovery is pending"))
     try:
@@ -114,10 +117,10 @@ def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
     cache: dict[str, Trial] = {}
     for payload in payloads:
         try:
-            for trial in pickle.loads(payload):  # noqa: S301 - the run directory is trusted
+            for trial in decode(payload, path).trials:
                 cache[trial.id] = trial
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is the violation
-            out.append(Violation("cache framing", str(path), f"record does not unpickle: {e!r}"))
+        except NePSError as e:
+            out.append(Violation("cache framing", str(path), str(e)))
     return cache
 
 

@@ -24,6 +24,7 @@ from neps_state import (
 from neps_state._index import TrialIndex
 from neps_state._io import dump_yaml
 from neps_state._journal import HEADER_SIZE, ReadResult, parse_frames
+from neps_state._records import Record, decode, encode
 from neps_state._state import OPTIMIZER_INFO_FILE
 
 
@@ -74,9 +75,9 @@ class InPlaceWrites(NePSState):
 
     repo_class = _InPlaceRepo
 
-    def _write_optimizer_state(self, opt_state: OptimizationState, *, fsync: bool) -> None:
+    def _write_optimizer_state(self, data: bytes, *, fsync: bool) -> None:
         del fsync
-        write_in_place(self._optimizer_state_path, pickle.dumps(opt_state))
+        write_in_place(self._optimizer_state_path, data)
 
 
 class UnlockedCreate(NePSState):
@@ -130,9 +131,9 @@ class _LossyRepo(TrialRepo):
         payloads, _ = parse_frames(self.cache_path.read_bytes(), HEADER_SIZE)
         index = TrialIndex()
         for payload in payloads[:-1]:
-            for trial in pickle.loads(payload):  # noqa: S301 - our own journal
+            for trial in decode(payload, self.cache_path).trials:
                 index.put(trial)
-        self._journal.rewrite([pickle.dumps(list(index.values()))])
+        self._journal.rewrite([encode(Record(list(index.values())))])
 
 
 class LossyConsolidation(NePSState):

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from neps_state import NePSError, OptimizerInfo, set_fault_hook
 from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from neps_state._records import decode
 from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import KillAt
 from pytest_neps._history import HistoryWriter, Op, read_history
@@ -402,6 +403,6 @@ def _check_cache_generation(root: Path, acked: dict[str, tuple[str, int]]) -> No
     assert data.startswith(MAGIC), "the cache has no journal header"
     payloads, end = parse_frames(data, HEADER_SIZE)
     assert end == len(data), f"the cache ends in {len(data) - end} unparsable bytes"
-    ids = {t.id for p in payloads for t in pickle.loads(p)}  # noqa: S301 - our own run
+    ids = {t.id for p in payloads for t in decode(p, root).trials}
     missing = set(acked) - ids
     assert not missing, f"the cache lost acknowledged trials {sorted(missing)}"

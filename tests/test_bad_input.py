@@ -33,6 +33,7 @@ from neps_state import (
     Trial,
     TrialRepo,
 )
+from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
 
 SETTINGS = Settings(durability="os")
@@ -322,10 +323,44 @@ STATE_READERS: dict[str, Callable[[Run], object]] = {
 }
 
 
+@pytest.fixture
+def fresh(run_dir: Path) -> Run:
+    """A run nothing was sampled in: ``optimizer_state.pkl`` is its state's only copy."""
+    return Run(run_dir, make_state(run_dir), {}, [])
+
+
 @pytest.mark.parametrize("reader", list(STATE_READERS))
 @pytest.mark.parametrize(("damage", "problem"), STATE_CASES)
-def test_damaged_optimizer_state(run: Run, reader: str, damage: Damage, problem: str) -> None:
-    assert_refused(run, "optimizer_state.pkl", damage, problem, STATE_READERS[reader])
+def test_damaged_optimizer_state(fresh: Run, reader: str, damage: Damage, problem: str) -> None:
+    assert_refused(fresh, "optimizer_state.pkl", damage, problem, STATE_READERS[reader])
+
+
+@pytest.mark.parametrize(("damage", "problem"), STATE_CASES)
+def test_damaged_optimizer_state_file_is_rebuilt_from_the_journal(
+    run: Run, damage: Damage, problem: str
+) -> None:
+    # Once a sample committed its state to the journal, the file is a copy of it:
+    # readers use the journal, the checker reports the file, a repair rewrites it.
+    path = run.path / "optimizer_state.pkl"
+    good = path.read_bytes()
+    expected = pickle.dumps(run.state.lock_and_get_optimizer_state())
+    damage(path)
+    before = snapshot(run.path)
+    for name, read in STATE_READERS.items():
+        if name != "lock_and_sample_trial":  # (which rewrites the file)
+            read(run)
+    assert pickle.dumps(run.state.lock_and_get_optimizer_state()) == expected
+    assert snapshot(run.path) == before
+    assert str(path) in {v.path for v in check_run_dir(run.path)}
+    dry = NePSState.repair(run.path, dry_run=True, settings=SETTINGS)
+    assert snapshot(run.path) == before
+    fixed = NePSState.repair(run.path, settings=SETTINGS)
+    assert [str(r) for r in fixed] == [str(r) for r in dry]
+    assert [r.path for r in fixed] == [path]
+    assert fixed[0].action.startswith("rewritten from the journal")
+    assert path.read_bytes() == good
+    assert not check_run_dir(run.path)
+    STATE_READERS["lock_and_sample_trial"](run)
 
 
 # -- shared_errors.jsonl ---------------------------------------------------------------
