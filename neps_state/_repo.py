@@ -45,6 +45,7 @@ from neps_state._io import (
     TMP_INFIX,
     create_file,
     fault_point,
+    load_pickle,
     mkdir,
     read_file,
     remove_tree,
@@ -55,6 +56,7 @@ from neps_state._io import (
     write_atomic,
 )
 from neps_state._journal import HEADER_SIZE, ForeignCacheError, Journal, ReadResult
+from neps_state._optimizer import OptimizationState
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
 from neps_state._spare import SpareFolder, sweep
@@ -153,11 +155,13 @@ class TrialRepo:
         settings: Settings | None = None,
         errors: ErrorLog | None = None,
         sync_on_commit: bool = True,
+        state_file: Path | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.settings = Settings.from_env() if settings is None else settings
         self.errors = errors
         self.sync_on_commit = sync_on_commit
+        self.state_file = state_file
         self.cache_path = self.directory / self.CACHE_FILE_NAME
         self._journal = Journal(self.cache_path, fsync=self.settings.fsync)
         self._intent = IntentFile(self.directory / self.INTENT_FILE_NAME)
@@ -169,10 +173,13 @@ class TrialRepo:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
-        return (
-            _reopen,
-            (type(self), self.directory, self.settings, self.errors, self.sync_on_commit),
-        )
+        options = {
+            "settings": self.settings,
+            "errors": self.errors,
+            "sync_on_commit": self.sync_on_commit,
+            "state_file": self.state_file,
+        }
+        return (_reopen, (type(self), self.directory, options))
 
     # -- reading --------------------------------------------------------------
 
@@ -286,7 +293,18 @@ class TrialRepo:
             logger.warning(
                 "Rebuilding %s from %d trial folders: %s", self.cache_path, len(trials), reason
             )
-        self._rewrite(Record(trials))
+        self._rewrite(Record(trials, self._state_from_file()))
+
+    def _state_from_file(self) -> bytes | None:
+        """The optimizer state file's bytes, to start a new journal with; None if unusable."""
+        if self.state_file is None:
+            return None
+        try:
+            data = read_file(self.state_file)
+            obj = load_pickle(self.state_file, data)
+        except CorruptedFileError:
+            return None
+        return data if isinstance(obj, OptimizationState) else None
 
     # -- recovery ---------------------------------------------------------------
 
@@ -381,7 +399,8 @@ class TrialRepo:
                 return
             if self.cache_path.exists():
                 rename(self.cache_path, self.cache_path.with_name(f"{self.CACHE_FILE_NAME}.old"))
-            self._rewrite(Record(sorted(trials, key=lambda t: (t.metadata.time_sampled, t.id))))
+            trials.sort(key=lambda t: (t.metadata.time_sampled, t.id))
+            self._rewrite(Record(trials, self._state_from_file()))
             return
         self._absorb(result)
         if result.bad_tail:
@@ -798,11 +817,5 @@ def _check_consistent(trial: Trial) -> None:
         raise ValueError(f"Trial {trial.id!r} is pending but has a report")
 
 
-def _reopen(
-    cls: type[TrialRepo],
-    directory: Path,
-    settings: Settings,
-    errors: ErrorLog | None,
-    sync_on_commit: bool,
-) -> TrialRepo:
-    return cls(directory, settings=settings, errors=errors, sync_on_commit=sync_on_commit)
+def _reopen(cls: type[TrialRepo], directory: Path, options: dict[str, Any]) -> TrialRepo:
+    return cls(directory, **options)

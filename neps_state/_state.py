@@ -93,7 +93,11 @@ class NePSState:
         self._err_lock = FileLocker(path / ".errors.lock", settings)
         self._errors = ErrorLog(self._shared_errors_path, self._err_lock, fsync=settings.fsync)
         self._trial_repo = self.repo_class(
-            path / CONFIGS_DIR, settings=settings, errors=self._errors, sync_on_commit=False
+            path / CONFIGS_DIR,
+            settings=settings,
+            errors=self._errors,
+            sync_on_commit=False,
+            state_file=self._optimizer_state_path,
         )
         self._state_spare = SpareFile(self._optimizer_state_path)
         self._checked_pid = -1
@@ -142,7 +146,8 @@ class NePSState:
                 raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
         elif optimizer_info is None or optimizer_state is None:
             raise ValueError("create_or_load needs optimizer_info and optimizer_state to create")
-        root.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        mkdir(root, exist_ok=True)
         state = cls(root, Settings.from_env() if settings is None else settings)
         with state._optimizer_lock.lock():
             if state._optimizer_info_path.exists():

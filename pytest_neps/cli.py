@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-from neps_state import FAULT_POINTS, Settings, Trial
+from neps_state import FAULT_POINTS, NePSError, NePSState, Settings, Trial
 from pytest_neps._checker import Violation, check_run_dir, read_run_dir
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
 from pytest_neps.bench import add_bench_arguments, main_bench
@@ -127,12 +127,60 @@ def cmd_check(args: argparse.Namespace) -> int:
     violations: list[Violation] = check_run_dir(Path(args.run_dir))
     for v in violations:
         sys.stdout.write(f"{v}\n")
-    sys.stdout.write(
-        f"{args.run_dir}: {len(violations)} violation(s)\n"
-        if violations
-        else f"{args.run_dir}: OK\n"
+    if not violations:
+        sys.stdout.write(f"{args.run_dir}: OK\n")
+        return 0
+    sys.stdout.write(f"{args.run_dir}: {len(violations)} violation(s)\n")
+    try:
+        repairs = NePSState.repair(args.run_dir, dry_run=True)
+    except NePSError as e:
+        sys.stdout.write(f"a repair cannot fix this: {e}\n")
+        return 1
+    if repairs:
+        sys.stdout.write(
+            f"a repair is needed: `neps-state repair {args.run_dir}` would make"
+            f" {len(repairs)} change(s) (`--dry-run` lists them)\n"
+        )
+    return 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Rebuild the files derived from the journal, as the first handle after a reboot does."""
+    try:
+        repairs = NePSState.repair(
+            args.run_dir, dry_run=args.dry_run, settings=Settings(durability=args.durability)
+        )
+    except NePSError as e:
+        sys.stderr.write(f"neps-state repair: {e}\n")
+        return 1
+    verb = "would change" if args.dry_run else "changed"
+    sys.stdout.writelines(f"{r}\n" for r in repairs)
+    sys.stdout.write(f"{args.run_dir}: {verb} {len(repairs)} file(s)\n")
+    if args.dry_run:
+        return 0
+    left = check_run_dir(Path(args.run_dir))
+    sys.stdout.writelines(f"still wrong: {v}\n" for v in left)
+    return 1 if left else 0
+
+
+def cmd_crashstates(args: argparse.Namespace) -> int:
+    """Enumerate the crash states of each mutating operation and check every one."""
+    from pytest_neps._crashstates import enumerate_and_check, render  # noqa: PLC0415
+
+    def progress(stats: Any) -> None:
+        sys.stderr.write(f"  {stats.op}: {stats.checked} states, {len(stats.inconsistent)} bad\n")
+
+    stats = enumerate_and_check(
+        args.impl,
+        settings=Settings(durability=args.durability),
+        steps=args.steps.split(",") if args.steps else None,
+        every=args.every,
+        progress=progress,
     )
-    return 1 if violations else 0
+    render(stats, sys.stdout)
+    if args.json:
+        Path(args.json).write_text(json.dumps([s.summary() for s in stats], indent=2) + "\n")
+    return 0 if all(s.ok for s in stats) else 1
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -221,6 +269,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="cost per cycle and throughput, beside Optuna's journal")
     add_bench_arguments(bench)
     bench.set_defaults(func=main_bench)
+
+    repair = sub.add_parser(
+        "repair",
+        help="rebuild the files derived from the journal (as after a power loss)",
+        description="Compare every trial folder, the optimizer state file and the error"
+        " dump with the journal and rewrite what differs; move aside what cannot be"
+        " rebuilt. For a run directory no worker has open. Exit 0 when the run is clean.",
+    )
+    repair.add_argument("run_dir")
+    repair.add_argument("--dry-run", action="store_true", help="list the changes, make none")
+    repair.add_argument(
+        "--durability",
+        choices=["fsync", "os"],
+        default="fsync",
+        help="the run's durability: with os, readable folders newer than the journal are kept",
+    )
+    repair.set_defaults(func=cmd_repair)
+
+    crash = sub.add_parser(
+        "crashstates",
+        help="check every state a power loss may leave, per operation (ALICE-style)",
+    )
+    crash.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
+    crash.add_argument("--steps", default="", help="comma-separated operations (default: all)")
+    crash.add_argument("--every", type=int, default=1, help="check every n-th distinct state")
+    crash.add_argument("--durability", choices=["fsync", "os"], default="fsync")
+    crash.add_argument("--json", help="write the per-operation figures as JSON here")
+    crash.set_defaults(func=cmd_crashstates)
 
     show = sub.add_parser("show", help="trials by state, best objective, errors")
     show.add_argument("run_dir")

@@ -23,7 +23,7 @@ from neps_state import (
 )
 from neps_state._index import TrialIndex
 from neps_state._io import dump_yaml
-from neps_state._journal import HEADER_SIZE, ReadResult, parse_frames
+from neps_state._journal import HEADER_SIZE, Journal, ReadResult, parse_frames
 from neps_state._records import Record, decode, encode
 from neps_state._state import OPTIMIZER_INFO_FILE
 
@@ -166,6 +166,33 @@ class NoCrashRecovery(NePSState):
     repo_class = _ForgetfulRepo
 
 
+class _UnsyncedJournal(Journal):
+    def flush(self) -> None:
+        self.unsynced = False  # acknowledged without the fsync
+
+
+class _NoFsyncRepo(TrialRepo):
+    def __init__(self, directory: Path, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._journal = _UnsyncedJournal(self.cache_path, fsync=self.settings.fsync)
+
+
+class SkipsJournalFsync(NePSState):
+    """Acknowledges commits without fsyncing the journal: a power loss takes them."""
+
+    repo_class = _NoFsyncRepo
+
+
+class TrustsDerivedFiles(NePSState):
+    """Never checks the files derived from the journal after a reboot.
+
+    A power loss then leaves empty trial files and an empty optimizer state behind.
+    """
+
+    def _ensure_checked(self) -> None:
+        return
+
+
 CONTROLS: dict[str, type[NePSState]] = {
     "unlocked-sampling": UnlockedSampling,
     "in-place-writes": InPlaceWrites,
@@ -174,6 +201,8 @@ CONTROLS: dict[str, type[NePSState]] = {
     "lossy-consolidation": LossyConsolidation,
     "empty-after-cache-loss": EmptyAfterCacheLoss,
     "no-crash-recovery": NoCrashRecovery,
+    "skips-journal-fsync": SkipsJournalFsync,
+    "trusts-derived-files": TrustsDerivedFiles,
 }
 """Every negative control by name."""
 
@@ -183,7 +212,9 @@ __all__ = [
     "InPlaceWrites",
     "LossyConsolidation",
     "NoCrashRecovery",
+    "SkipsJournalFsync",
     "StaleCacheRead",
+    "TrustsDerivedFiles",
     "UnlockedCreate",
     "UnlockedSampling",
     "write_in_place",

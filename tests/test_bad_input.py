@@ -33,6 +33,7 @@ from neps_state import (
     Trial,
     TrialRepo,
 )
+from neps_state._journal import MAGIC
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
 
@@ -325,8 +326,16 @@ STATE_READERS: dict[str, Callable[[Run], object]] = {
 
 @pytest.fixture
 def fresh(run_dir: Path) -> Run:
-    """A run nothing was sampled in: ``optimizer_state.pkl`` is its state's only copy."""
-    return Run(run_dir, make_state(run_dir), {}, [])
+    """A run whose journal predates journaled optimizer states (version 1, no records).
+
+    Its ``optimizer_state.pkl`` is then the state's only copy.
+    """
+    state = make_state(run_dir)
+    journal = run_dir / CACHE
+    tmp = journal.with_name("legacy")
+    tmp.write_bytes(MAGIC + bytes(16))
+    tmp.replace(journal)
+    return Run(run_dir, state, {}, [])
 
 
 @pytest.mark.parametrize("reader", list(STATE_READERS))
