@@ -206,8 +206,8 @@ class OpStats:
 
     @property
     def ok(self) -> bool:
-        """Every state checked was consistent, and the operation changed files."""
-        return self.traced > 0 and not self.inconsistent
+        """Every state checked was consistent (and there was one to check)."""
+        return self.checked > 0 and not self.inconsistent
 
     def summary(self) -> dict[str, Any]:
         """The figures as a JSON-ready mapping."""
@@ -408,7 +408,7 @@ def _check_step(
     start, end = span
     stats = OpStats(name)
     stats.traced = sum(1 for op in recorder.trace[start:end] if op.op != "mark")
-    if not stats.traced:
+    if all(op.op == "mark" for op in recorder.trace):
         stats.inconsistent.append(
             f"{name}: no file-system change was traced; {impl.target} does not write"
             " through neps_state._io, so its crash states cannot be enumerated"

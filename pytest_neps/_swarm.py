@@ -5,7 +5,10 @@ is none; evaluate; report. Until the trial budget is sampled and nothing is
 pending (see ``_worker``). Faults: a worker can be SIGKILLed after ``k``
 operations, at a random operation, at a named point inside an operation, or from
 outside at a random instant (``kill_every``); a replacement worker then starts,
-and the run must still finish.
+and the run must still finish. A *power cut* instead SIGKILLs every worker at one
+instant (after ``power_cut_after`` seconds, or when a worker reaches
+``power_cut_point``) and calls ``on_power_cut`` (e.g. ``LazyFS.power_loss``); the
+swarm then stops, and whoever cut the power checks what the next boot finds.
 """
 
 from __future__ import annotations
@@ -126,6 +129,16 @@ class SwarmConfig:
     start_method: str = "spawn"
     settings: Settings = field(default_factory=lambda: Settings(durability="os"))
     worker_log_level: int = logging.WARNING
+    power_cut_after: float | None = None
+    """Cut the power this many seconds after the start (SIGKILL every worker at once)."""
+    power_cut_point: str | None = None
+    """Or when a worker reaches this fault point (frozen there) after ``power_cut_ops`` ops."""
+    power_cut_ops: int = 0
+
+    @property
+    def cuts_power(self) -> bool:
+        """Whether this swarm ends in a power cut."""
+        return self.power_cut_after is not None or self.power_cut_point is not None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.trials < 0 or self.batch < 1:
@@ -137,6 +150,11 @@ class SwarmConfig:
         unknown = set(self.kill_points) - set(FAULT_POINTS)
         if unknown:
             raise ValueError(f"unknown fault points {sorted(unknown)}; known: {FAULT_POINTS}")
+        if self.power_cut_point is not None and self.power_cut_point not in FAULT_POINTS:
+            raise ValueError(f"unknown fault point {self.power_cut_point!r}; known: {FAULT_POINTS}")
+        kills = self.kill_after is not None or self.kill_rate > 0 or self.kill_every is not None
+        if self.cuts_power and kills:
+            raise ValueError("a power cut kills every worker: give no other kills with it")
 
 
 @dataclass
@@ -187,6 +205,10 @@ class SwarmResult:
     load_error: str | None = None
     violations: list[Violation] = field(default_factory=list)
     observers: list[ProcessOutcome] = field(default_factory=list)
+    power_cut_s: float | None = None
+    """When the power was cut (seconds after the start); None if it was not."""
+    power_cut_frozen: bool = False
+    """Whether the cut came because a worker reached ``power_cut_point``."""
 
     @property
     def ops(self) -> list[Op]:
@@ -246,6 +268,10 @@ class SwarmResult:
             if w.failed and not w.outcome.timed_out:
                 out.append(f"worker lost: {w.outcome.describe()}")
         out += [f"observer lost: {o.describe()}" for o in self.observers if not o.ok]
+        if self.config.cuts_power:
+            if self.power_cut_s is None:
+                out.append("the power was never cut (the run ended first)")
+            return out  # what survived is checked after the reboot, by the caller
         if self.load_error:
             out.append(f"the run directory does not load: {self.load_error}")
         out += [str(v) for v in self.violations]
@@ -325,11 +351,15 @@ class Swarm:
         run_dir: Path,
         launcher: Launcher | None = None,
         progress: Callable[[int, SwarmConfig, int], None] | None = None,
+        on_power_cut: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.launcher = launcher or LocalLauncher(config.start_method)
         self.progress = progress
+        self.on_power_cut = on_power_cut
+        self.power_cut_s: float | None = None
+        self._frozen = 0
         self.rng = random.Random(config.seed)
         self.history_dir = Path(tempfile.mkdtemp(prefix="neps-swarm-"))
         self.specs: dict[str, WorkerSpec] = {}
@@ -341,6 +371,8 @@ class Swarm:
 
     def _plan(self) -> KillPlan | None:
         c = self.config
+        if c.power_cut_point is not None:
+            return KillPlan(c.power_cut_ops, c.power_cut_point, freeze=True)
         if c.max_kills is not None and self.kills_planned >= c.max_kills:
             return None
         plan = None
@@ -385,12 +417,18 @@ class Swarm:
             start = time.monotonic()
             deadline = start + c.timeout
             next_kill = self._next_kill(start)
+            cut = start + (math.inf if c.power_cut_after is None else c.power_cut_after)
             while time.monotonic() < deadline:
                 now = time.monotonic()
+                if now >= cut or (c.power_cut_point is not None and self._someone_froze()):
+                    self._cut_power(now - start)
+                    return self._collect(now - start, set())
                 if now >= next_kill:
                     self._kill_one_at_random()
                     next_kill = self._next_kill(now)
-                wait = min(0.25, deadline - now, max(next_kill - now, 0.0))
+                wait = min(0.25, deadline - now, max(next_kill - now, 0.0), max(cut - now, 0.0))
+                if c.power_cut_point is not None:
+                    wait = min(wait, 0.005)
                 # A worker may die between the wait and the running check: look once
                 # more before leaving, so that no exit goes unhandled (and unreplaced).
                 quiet = not self._handle_exits(wait) and not self._workers_running()
@@ -413,6 +451,19 @@ class Swarm:
         if self.progress is not None:
             self.progress(self._reports_done(), self.config, len(self.replaces))
         return bool(exited)
+
+    def _someone_froze(self) -> bool:
+        """Whether a worker announced that it stopped itself at the power-cut point."""
+        self._read_histories()
+        return self._frozen > 0
+
+    def _cut_power(self, at: float) -> None:
+        """SIGKILL every worker at one instant, then let ``on_power_cut`` drop the cache."""
+        victims = self.launcher.kill_all()
+        self.external.update(v for v in victims if v in self.specs)
+        self.power_cut_s = at
+        if self.on_power_cut is not None:
+            self.on_power_cut()
 
     def _next_kill(self, now: float) -> float:
         c = self.config
@@ -446,6 +497,10 @@ class Swarm:
             self._start(new)
 
     def _reports_done(self) -> int:
+        self._read_histories()
+        return self._reported
+
+    def _read_histories(self) -> None:
         # Histories only grow by whole lines: read each one from where we stopped.
         for name, spec in self.specs.items():
             if not spec.history.exists():
@@ -456,7 +511,7 @@ class Swarm:
             whole = data[: data.rfind(b"\n") + 1]
             self._read_to[name] = self._read_to.get(name, 0) + len(whole)
             self._reported += sum(whole.count(f'"result":"{s}"'.encode()) for s in _REPORTED)
-        return self._reported
+            self._frozen += whole.count(b'"ev":"kill"')
 
     def _collect(self, wall: float, timed_out: set[str]) -> SwarmResult:
         records = []
@@ -476,7 +531,11 @@ class Swarm:
             errors=ErrDump(),
             wall_s=wall,
             timed_out=bool(timed_out),
+            power_cut_s=self.power_cut_s,
+            power_cut_frozen=self._frozen > 0,
         )
+        if self.config.cuts_power:
+            return result
         try:
             final = as_impl(self.config.impl).load(self.run_dir, settings=self.config.settings)
             result.trials = final.lock_and_read_trials()
@@ -501,6 +560,7 @@ def run_swarm(
     *,
     launcher: Launcher | None = None,
     progress: Callable[[int, SwarmConfig, int], None] | None = None,
+    on_power_cut: Callable[[], None] | None = None,
     **overrides: Any,
 ) -> SwarmResult:
     """Run a swarm of worker processes on ``run_dir`` (a fresh temp dir if None)."""
@@ -508,4 +568,4 @@ def run_swarm(
     path = (
         Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="neps-run-")) / "run"
     )
-    return Swarm(cfg, path, launcher, progress).run()
+    return Swarm(cfg, path, launcher, progress, on_power_cut).run()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,10 +33,15 @@ from pytest_neps._impl import as_impl, resolve
 
 @dataclass(frozen=True)
 class KillPlan:
-    """Kill after ``after_ops`` state operations; at ``point`` during a later one, if given."""
+    """Kill after ``after_ops`` state operations; at ``point`` during a later one, if given.
+
+    With ``freeze`` the worker stops itself (SIGSTOP) at the point instead of dying,
+    after announcing it: the swarm then cuts the power of every worker at once.
+    """
 
     after_ops: int
     point: str | None = None
+    freeze: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,13 @@ class _Recorder:
         return value
 
     def _kill_at(self, point: str) -> Callable[[str], None]:
+        freeze = self.spec.kill is not None and self.spec.kill.freeze
+
         def hook(reached: str) -> None:
             if reached == point:
                 self.history.kill(point, self.done)
+                if freeze:
+                    os.kill(os.getpid(), signal.SIGSTOP)
                 die()
 
         return hook

@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -229,6 +230,91 @@ def cmd_killmatrix(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in runs) else 1
 
 
+def cmd_powerloss(args: argparse.Namespace) -> int:
+    """Cut the power of swarms on LazyFS and check what the next boot finds."""
+    from pytest_neps import powerloss  # noqa: PLC0415
+    from pytest_neps.lazyfs import unavailable  # noqa: PLC0415
+
+    reason = unavailable()
+    if reason is not None:
+        sys.stderr.write(f"neps-state powerloss: {reason}\n")
+        return 2
+    low, _, high = args.window.partition(",")
+
+    def progress(run: Any) -> None:
+        sys.stderr.write("." if run.ok else "F")
+        sys.stderr.flush()
+
+    runs = powerloss.run_powerloss(
+        args.runs,
+        point_runs=args.point_runs,
+        impl=args.impl,
+        workers=args.workers,
+        window=(float(low), float(high or low)),
+        settings=Settings(durability=args.durability),
+        seed=args.seed,
+        progress=progress,
+    )
+    sys.stderr.write("\n")
+    powerloss.render(runs, sys.stdout, title=f"{args.impl}, durability {args.durability}")
+    if args.json:
+        rows = [{**asdict(r), "ok": r.ok} for r in runs]
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+def _add_power_loss_commands(sub: Any) -> None:
+    """The ``repair``, ``crashstates`` and ``powerloss`` subcommands."""
+    repair = sub.add_parser(
+        "repair",
+        help="rebuild the files derived from the journal (as after a power loss)",
+        description="Compare every trial folder, the optimizer state file and the error"
+        " dump with the journal and rewrite what differs; move aside what cannot be"
+        " rebuilt. For a run directory no worker has open. Exit 0 when the run is clean.",
+    )
+    repair.add_argument("run_dir")
+    repair.add_argument("--dry-run", action="store_true", help="list the changes, make none")
+    repair.add_argument(
+        "--durability",
+        choices=["fsync", "os"],
+        default="fsync",
+        help="the run's durability: with os, readable folders newer than the journal are kept",
+    )
+    repair.set_defaults(func=cmd_repair)
+
+    crash = sub.add_parser(
+        "crashstates",
+        help="check every state a power loss may leave, per operation (ALICE-style)",
+    )
+    crash.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
+    crash.add_argument("--steps", default="", help="comma-separated operations (default: all)")
+    crash.add_argument("--every", type=int, default=1, help="check every n-th distinct state")
+    crash.add_argument("--durability", choices=["fsync", "os"], default="fsync")
+    crash.add_argument("--json", help="write the per-operation figures as JSON here")
+    crash.set_defaults(func=cmd_crashstates)
+
+    power = sub.add_parser(
+        "powerloss",
+        help="cut the power of swarms on LazyFS; check the next boot (needs LazyFS)",
+        description="Each run: a swarm works on LazyFS, every worker is SIGKILLed at one"
+        " instant and every unsynced byte dropped, LazyFS is mounted again; then the"
+        " state must load, hold every acknowledged operation, pass the checker, and a"
+        " fresh swarm must continue the run. LazyFS: NEPS_LAZYFS (binary) or"
+        " NEPS_LAZYFS_BUILD (build script). Exit 0 only if every run recovered.",
+    )
+    power.add_argument("--runs", type=int, default=10, help="cuts at random instants")
+    power.add_argument(
+        "--point-runs", type=int, default=0, help="cuts at each named fault point (default 0)"
+    )
+    power.add_argument("--window", default="1,6", help="random instants: MIN,MAX seconds")
+    power.add_argument("--workers", type=int, default=4)
+    power.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
+    power.add_argument("--durability", choices=["fsync", "os"], default="fsync")
+    power.add_argument("--seed", type=int, default=0)
+    power.add_argument("--json", help="write every run as JSON here")
+    power.set_defaults(func=cmd_powerloss)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``neps-state``."""
     parser = argparse.ArgumentParser(prog="neps-state", description=__doc__)
@@ -270,33 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=main_bench)
 
-    repair = sub.add_parser(
-        "repair",
-        help="rebuild the files derived from the journal (as after a power loss)",
-        description="Compare every trial folder, the optimizer state file and the error"
-        " dump with the journal and rewrite what differs; move aside what cannot be"
-        " rebuilt. For a run directory no worker has open. Exit 0 when the run is clean.",
-    )
-    repair.add_argument("run_dir")
-    repair.add_argument("--dry-run", action="store_true", help="list the changes, make none")
-    repair.add_argument(
-        "--durability",
-        choices=["fsync", "os"],
-        default="fsync",
-        help="the run's durability: with os, readable folders newer than the journal are kept",
-    )
-    repair.set_defaults(func=cmd_repair)
-
-    crash = sub.add_parser(
-        "crashstates",
-        help="check every state a power loss may leave, per operation (ALICE-style)",
-    )
-    crash.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
-    crash.add_argument("--steps", default="", help="comma-separated operations (default: all)")
-    crash.add_argument("--every", type=int, default=1, help="check every n-th distinct state")
-    crash.add_argument("--durability", choices=["fsync", "os"], default="fsync")
-    crash.add_argument("--json", help="write the per-operation figures as JSON here")
-    crash.set_defaults(func=cmd_crashstates)
+    _add_power_loss_commands(sub)
 
     show = sub.add_parser("show", help="trials by state, best objective, errors")
     show.add_argument("run_dir")

@@ -10,7 +10,7 @@ import re
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +19,10 @@ from neps_state import NePSState, OptimizationState, OptimizerInfo, Settings
 from pytest_neps._impl import DEFAULT_INFO, as_impl
 from pytest_neps._pool import Pool
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
+
+if TYPE_CHECKING:
+    from pytest_neps.lazyfs import LazyFS
+    from pytest_neps.powerloss import CutRun
 
 # The shipped properties assert: let pytest explain their failures. (Nothing above
 # imports them, so this comes before they are imported.)
@@ -201,6 +205,43 @@ def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
 def neps_state(neps_state_factory: Callable[..., NePSState]) -> NePSState:
     """A ``NePSState`` created in ``neps_run_dir`` with a default optimizer info and state."""
     return neps_state_factory()
+
+
+@pytest.fixture
+def neps_lazyfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LazyFS]:
+    """LazyFS mounted on a fresh folder (its ``mountpoint``), unmounted after the test.
+
+    A file system that keeps unsynced writes in a cache it drops on
+    ``power_loss()`` (then mounts again: the reboot). Unmounted whether the test
+    passes or fails. Skips, saying how to enable it, where LazyFS cannot run (it
+    needs Linux, root, /dev/fuse, and ``NEPS_LAZYFS`` or ``NEPS_LAZYFS_BUILD``).
+    """
+    from pytest_neps.lazyfs import LazyFS, unavailable  # noqa: PLC0415 - only when used
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"LazyFS: {reason}")
+    base = tmp_path_factory.mktemp("lazyfs")
+    with LazyFS(base / "backing", base / "mnt") as fs:
+        yield fs
+
+
+@pytest.fixture
+def neps_power_cut(neps_lazyfs: LazyFS, neps_impl: str) -> Callable[..., CutRun]:
+    """Cut the power of a swarm of the implementation under test, on ``neps_lazyfs``.
+
+    ``neps_power_cut(cut_after=2.0)`` or ``neps_power_cut(point="update.committed")``
+    (keywords of ``pytest_neps.powerloss.power_cut``) runs the swarm, SIGKILLs every
+    worker at once, drops every unsynced byte, mounts again and checks the next boot:
+    it loads, every acknowledged operation is there, the checker is clean, a fresh
+    swarm continues. Returns a ``CutRun``: call ``assert_recovered()``.
+    """
+    from pytest_neps.powerloss import power_cut  # noqa: PLC0415 - only when used
+
+    def cut(**kwargs: Any) -> CutRun:
+        return power_cut(neps_lazyfs, **{"impl": neps_impl, **kwargs})
+
+    return cut
 
 
 @pytest.fixture
