@@ -134,7 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{args.run_dir}: {len(violations)} violation(s)\n")
     try:
         repairs = NePSState.repair(args.run_dir, dry_run=True)
-    except NePSError as e:
+    except (NePSError, OSError) as e:
         sys.stdout.write(f"a repair cannot fix this: {e}\n")
         return 1
     if repairs:
@@ -241,9 +241,14 @@ def cmd_powerloss(args: argparse.Namespace) -> int:
         return 2
     low, _, high = args.window.partition(",")
 
+    done: list[dict[str, Any]] = []
+
     def progress(run: Any) -> None:
-        sys.stderr.write("." if run.ok else "F")
+        sys.stderr.write("." if run.ok else f"\nFAILED {run.kind}: {run.describe()}\n")
         sys.stderr.flush()
+        if args.json:  # after every run: a crash of the harness loses nothing
+            done.append({**asdict(run), "ok": run.ok})
+            Path(args.json).write_text(json.dumps(done, indent=2) + "\n")
 
     runs = powerloss.run_powerloss(
         args.runs,
@@ -257,9 +262,6 @@ def cmd_powerloss(args: argparse.Namespace) -> int:
     )
     sys.stderr.write("\n")
     powerloss.render(runs, sys.stdout, title=f"{args.impl}, durability {args.durability}")
-    if args.json:
-        rows = [{**asdict(r), "ok": r.ok} for r in runs]
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0 if all(r.ok for r in runs) else 1
 
 

@@ -62,12 +62,15 @@ class CutRun:
     continued: bool = False
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    harness_error: str | None = None
+    """LazyFS itself failed: the run says nothing about the state (and is not ``ok``)."""
 
     @property
     def ok(self) -> bool:
         """Loaded, nothing acknowledged lost, checker clean, and the run went on."""
         return (
-            self.loaded
+            self.harness_error is None
+            and self.loaded
             and not self.lost
             and not self.violations
             and self.continued
@@ -76,7 +79,8 @@ class CutRun:
 
     def describe(self) -> str:
         """Everything wrong, on one line."""
-        return "; ".join([*self.problems, *self.lost, *self.violations])[:600]
+        harness = [] if self.harness_error is None else [f"HARNESS: {self.harness_error}"]
+        return "; ".join([*harness, *self.problems, *self.lost, *self.violations])[:600]
 
     def assert_recovered(self) -> None:
         """Raise ``AssertionError`` listing what went wrong, if anything did."""
@@ -131,16 +135,24 @@ def power_cut(
         seed=seed, timeout=timeout, power_cut_after=cut_after, power_cut_point=point,
         power_cut_ops=point_after_ops,
     )  # fmt: skip
-    with boot(f"before-{uuid.uuid4()}"):
-        cut = run_swarm(config, run_dir, on_power_cut=fs.power_loss)
-    acked = sum(op.completed and op.ok for op in cut.ops)
-    run = CutRun(kind, cut.power_cut_s, acked, loaded=False)
-    run.problems += cut.problems()
-    if point is not None and cut.power_cut_s is not None and not cut.power_cut_frozen:
-        run.problems.append(f"no worker reached {point} within {config.power_cut_after:g} s")
-    if cut.power_cut_s is not None:
-        with boot(f"after-{uuid.uuid4()}"):
-            _next_boot(run, run_dir, cut.ops, impl, config)
+    run = CutRun(kind, None, 0, loaded=False)
+    try:
+        with boot(f"before-{uuid.uuid4()}"):
+            cut = run_swarm(config, run_dir, on_power_cut=fs.power_loss)
+        run.cut_at_s = cut.power_cut_s
+        run.acked = sum(op.completed and op.ok for op in cut.ops)
+        run.problems += cut.problems()
+        if point is not None and cut.power_cut_s is not None and not cut.power_cut_frozen:
+            run.problems.append(f"no worker reached {point} within {config.power_cut_after:g} s")
+        if cut.power_cut_s is not None:
+            with boot(f"after-{uuid.uuid4()}"):
+                _next_boot(run, run_dir, cut.ops, impl, config)
+    except OSError as e:
+        if fs.alive:
+            raise
+        run.harness_error = f"LazyFS died ({e}); its log: {fs.log_tail()}"
+    if run.harness_error is None and not fs.alive:
+        run.harness_error = f"LazyFS died during the run; its log: {fs.log_tail()}"
     run.seconds = time.monotonic() - start
     return run
 
@@ -228,7 +240,7 @@ def render(runs: list[CutRun], out: TextIO, *, title: str = "") -> None:
         out.write(f"\n{title}\n")
     out.write(
         f"{'power cut':<34}{'runs':>6}{'loaded':>8}{'acked ops':>11}{'lost':>6}"
-        f"{'clean':>7}{'continued':>11}\n"
+        f"{'clean':>7}{'continued':>11}{'LazyFS failed':>15}\n"
     )
     rows: dict[str, list[CutRun]] = {}
     for run in runs:
@@ -236,7 +248,7 @@ def render(runs: list[CutRun], out: TextIO, *, title: str = "") -> None:
     out.writelines(
         f"{kind:<34}{len(rs):>6}{sum(r.loaded for r in rs):>8}{sum(r.acked for r in rs):>11}"
         f"{sum(len(r.lost) for r in rs):>6}{sum(not r.violations for r in rs):>7}"
-        f"{sum(r.continued for r in rs):>11}\n"
+        f"{sum(r.continued for r in rs):>11}{sum(r.harness_error is not None for r in rs):>15}\n"
         for kind, rs in rows.items()
     )
     failures = [r for r in runs if not r.ok]
