@@ -88,10 +88,10 @@ logger = logging.getLogger(__name__)
 _STAGING = ".staging-"
 _TRASH = ".trash-"
 _DAMAGED = ".damaged-"
-_TAIL_MIN_BYTES = 1 << 20
+_TAIL_MIN_BYTES = 8 << 20
 _TAIL_RATIO = 2
 """A journal is also rewritten once the records after its snapshot outgrow both
-1 MiB and twice the snapshot: a sample's record carries the optimizer state
+8 MiB and twice the snapshot: a sample's record carries the optimizer state
 (~6 kB), so records are larger than the trials they hold; rewrites stay amortized."""
 
 

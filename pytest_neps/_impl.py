@@ -128,6 +128,17 @@ class Impl:
         return True
 
 
+def state_of(trial: Any) -> str:
+    """A trial's state as its string value, for any implementation's trial class."""
+    state = trial.metadata.state
+    return str(getattr(state, "value", state))
+
+
+def is_trial(value: Any) -> bool:
+    """Whether ``value`` looks like a trial of some implementation (id, config, metadata)."""
+    return all(hasattr(value, name) for name in ("id", "config", "metadata"))
+
+
 def as_impl(obj: Any) -> Impl:
     """An :class:`Impl` from an ``Impl``, a class, or an import path to either."""
     if isinstance(obj, Impl):

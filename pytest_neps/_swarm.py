@@ -33,7 +33,7 @@ from neps_state import (
 )
 from pytest_neps._checker import Violation, check_run_dir
 from pytest_neps._history import Kill, Op, merge, read_history
-from pytest_neps._impl import as_impl
+from pytest_neps._impl import as_impl, state_of
 from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
 from pytest_neps._worker import KillPlan, WorkerSpec, worker_main
@@ -250,8 +250,7 @@ class SwarmResult:
         return sorted(
             t.id
             for t in self.trials.values()
-            if t.metadata.state is Trial.State.EVALUATING
-            and t.metadata.evaluating_worker_id in killed
+            if state_of(t) == "evaluating" and t.metadata.evaluating_worker_id in killed
         )
 
     def problems(self) -> list[str]:
@@ -286,16 +285,16 @@ class SwarmResult:
 
     def _budget_problems(self) -> list[str]:
         out = []
-        states = Counter(t.metadata.state for t in self.trials.values())
+        states = Counter(state_of(t) for t in self.trials.values())
         if len(self.trials) != self.config.trials:
             out.append(f"budget: {len(self.trials)} trials, expected {self.config.trials}")
-        if states[Trial.State.PENDING]:
-            out.append(f"budget: {states[Trial.State.PENDING]} trials still pending")
+        if states["pending"]:
+            out.append(f"budget: {states['pending']} trials still pending")
         stranded = set(self.stranded())
         other = [
             t.id
             for t in self.trials.values()
-            if t.metadata.state is Trial.State.EVALUATING and t.id not in stranded
+            if state_of(t) == "evaluating" and t.id not in stranded
         ]
         if other:
             out.append(f"trials evaluating with no killed worker to blame: {sorted(other)}")
@@ -317,7 +316,7 @@ class SwarmResult:
             values = sorted(self.latencies_ms(op))
             if values or op != "sample_claim":
                 lat[op] = {f"p{q}": _percentile(values, q) for q in (50, 95, 99)}
-        states = Counter(t.metadata.state.value for t in self.trials.values())
+        states = Counter(state_of(t) for t in self.trials.values())
         return {
             "workers": self.config.workers,
             "trials": len(self.trials),

@@ -28,7 +28,7 @@ from neps_state import (
 from pytest_neps._evaluate import evaluate
 from pytest_neps._faults import die
 from pytest_neps._history import HistoryWriter
-from pytest_neps._impl import as_impl, resolve
+from pytest_neps._impl import as_impl, is_trial, resolve
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,10 @@ class _Recorder:
 
 
 def _ids(value: Any) -> list[str]:
-    if isinstance(value, Trial):
+    if is_trial(value):
         return [value.id]
     if isinstance(value, list):
-        return [t.id for t in value if isinstance(t, Trial)]
+        return [t.id for t in value if is_trial(t)]
     return []
 
 

@@ -258,6 +258,7 @@ def cmd_powerloss(args: argparse.Namespace) -> int:
         window=(float(low), float(high or low)),
         settings=Settings(durability=args.durability),
         seed=args.seed,
+        precreate=args.precreate,
         progress=progress,
     )
     sys.stderr.write("\n")
@@ -313,6 +314,12 @@ def _add_power_loss_commands(sub: Any) -> None:
     power.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
     power.add_argument("--durability", choices=["fsync", "os"], default="fsync")
     power.add_argument("--seed", type=int, default=0)
+    power.add_argument(
+        "--precreate",
+        action="store_true",
+        help="create the run and write it back whole before the swarm (a run created long"
+        " before the cut); by default the workers create it",
+    )
     power.add_argument("--json", help="write every run as JSON here")
     power.set_defaults(func=cmd_powerloss)
 

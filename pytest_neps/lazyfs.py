@@ -133,6 +133,7 @@ class LazyFS:
         os.mkfifo(self._fifo)
         os.mkfifo(self._done)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._replies = -1
         self.mounts = 0
 
     def __enter__(self) -> LazyFS:  # noqa: PYI034 - a final class in practice
@@ -175,6 +176,9 @@ class LazyFS:
             start_new_session=True,
         )  # fmt: skip
         log.close()
+        # LazyFS opens the reply FIFO for writing before it reads any command, and a
+        # reply written with no reader would kill it: keep a reader for its lifetime.
+        self._replies = os.open(self._done, os.O_RDONLY | os.O_NONBLOCK)
         deadline = time.monotonic() + timeout
         while not self.mounted:
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -187,21 +191,16 @@ class LazyFS:
         """Drop every byte not fsynced (LazyFS's ``lazyfs::clear-cache``), and wait for it."""
         if self._proc is None or self._proc.poll() is not None:
             raise LazyFSError(f"LazyFS is not running: {self._log_tail()}")
-        # Open the reply FIFO first (non-blocking), so the reply cannot be missed.
-        done = os.open(self._done, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            with open(self._fifo, "w") as f:
-                f.write("lazyfs::clear-cache\n")
-            reply = b""
-            deadline = time.monotonic() + timeout
-            while b"finished::clear-cache" not in reply:
-                if time.monotonic() > deadline:
-                    raise LazyFSError(f"LazyFS did not confirm clear-cache: {self._log_tail()}")
-                with contextlib.suppress(BlockingIOError):
-                    reply += os.read(done, 4096)
-                time.sleep(0.01)
-        finally:
-            os.close(done)
+        with open(self._fifo, "w") as f:
+            f.write("lazyfs::clear-cache\n")
+        reply = b""
+        deadline = time.monotonic() + timeout
+        while b"finished::clear-cache" not in reply:
+            if time.monotonic() > deadline:
+                raise LazyFSError(f"LazyFS did not confirm clear-cache: {self._log_tail()}")
+            with contextlib.suppress(BlockingIOError):
+                reply += os.read(self._replies, 4096)
+            time.sleep(0.01)
 
     def unmount(self, timeout: float = 15.0) -> None:
         """Unmount and stop LazyFS (lazily if something still holds files open)."""
@@ -231,6 +230,9 @@ class LazyFS:
             shutil.rmtree(self._control, ignore_errors=True)
 
     def _stop_process(self, timeout: float = 15.0) -> None:
+        if self._replies >= 0:
+            os.close(self._replies)
+            self._replies = -1
         proc, self._proc = self._proc, None
         if proc is None:
             return

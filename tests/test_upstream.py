@@ -1,0 +1,37 @@
+"""Upstream NePS's own state behind the harness (the adapter translates types only).
+
+These need the optional extra ``neps`` (neural-pipeline-search, which brings torch);
+without it they skip saying so. The project's tests run them where it is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_neps._swarm import run_swarm
+
+pytest.importorskip(
+    "neps.state",
+    reason="upstream NePS is not installed: pip install 'neps-state[neps]' (see README)",
+)
+
+UPSTREAM = "pytest_neps.upstream:UpstreamNePSState"
+
+
+def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
+    tmp_path: Path,
+) -> None:
+    # NePS's format is legal input: no false alarm on a run it wrote (its last error
+    # record has no newline, its optimizer state is its own class).
+    result = run_swarm(
+        run_dir=tmp_path / "run",
+        workers=2,
+        trials=30,
+        impl=UPSTREAM,
+        evaluation="pytest_neps._evaluate:flaky",
+        timeout=300,
+    )
+    result.assert_consistent()
+    assert result.cycles == 30
