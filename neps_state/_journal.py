@@ -1,4 +1,4 @@
-"""The trial cache ``configs/.trial_cache.pkl`` as a journal of framed records.
+"""The trial cache ``configs/.trial_cache.journal``: a journal of framed records.
 
 Layout: a 24-byte header (8-byte magic, 16-byte random token that names this
 generation of the file), then records, each ``<u32 length><u32 crc32><payload>``

@@ -45,6 +45,7 @@ from neps_state._io import (
     TMP_INFIX,
     create_file,
     fault_point,
+    fsync_dir,
     load_pickle,
     mkdir,
     read_file,
@@ -55,7 +56,7 @@ from neps_state._io import (
     unlink,
     write_atomic,
 )
-from neps_state._journal import HEADER_SIZE, ForeignCacheError, Journal, ReadResult
+from neps_state._journal import HEADER_SIZE, MAGIC, ForeignCacheError, Journal, ReadResult
 from neps_state._optimizer import OptimizationState
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
@@ -145,7 +146,9 @@ class TrialRepo:
     the lock and before acknowledging the operation (``NePSState`` does).
     """
 
-    CACHE_FILE_NAME: ClassVar[str] = ".trial_cache.pkl"
+    CACHE_FILE_NAME: ClassVar[str] = ".trial_cache.journal"
+    LEGACY_CACHE_FILE_NAME: ClassVar[str] = ".trial_cache.pkl"
+    """NePS's own cache; also this journal's name before it had its own (moved on open)."""
     INTENT_FILE_NAME: ClassVar[str] = ".trial_cache.intent"
 
     def __init__(
@@ -248,7 +251,10 @@ class TrialRepo:
             self._rebuild("it is not a neps_state journal", keep_old=True)
             return
         if result is None:
-            self._rebuild("it is missing")
+            if self._adopt_legacy():
+                self._refresh(recovering=recovering)
+            else:
+                self._rebuild("it is missing")
             return
         self._absorb(result)
         if result.bad_tail:
@@ -263,6 +269,25 @@ class TrialRepo:
             if not recovering:
                 # No writer died, so the damage is unexplained: trust the folders.
                 self._rebuild("its tail was damaged")
+
+    def _adopt_legacy(self) -> bool:
+        """Give a journal found under NePS's cache name its own name; True if there was one.
+
+        Journals were written as ``.trial_cache.pkl`` before, where NePS's own readers
+        fail on them. NePS's cache there is left alone (the folders are read instead).
+        """
+        legacy = self.directory / self.LEGACY_CACHE_FILE_NAME
+        try:
+            with legacy.open("rb") as f:
+                ours = f.read(len(MAGIC)) == MAGIC
+        except OSError:
+            return False
+        if not ours:
+            return False
+        rename(legacy, self.cache_path)
+        fsync_dir(self.directory)
+        logger.info("Moved the journal %s to %s", legacy, self.cache_path)
+        return True
 
     def _absorb(self, result: ReadResult) -> None:
         if result.reset:
@@ -387,6 +412,8 @@ class TrialRepo:
         try:
             result = self._journal.refresh()
             reason = "it is missing"
+            if result is None and not dry_run and self._adopt_legacy():
+                result = self._journal.refresh()
         except ForeignCacheError:
             result, reason = None, "it is not a neps_state journal"
         if result is None:

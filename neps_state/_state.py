@@ -52,6 +52,34 @@ class InvalidSampleError(NePSError, ValueError):
     """The optimizer returned something that is not a valid sample."""
 
 
+def _as_sample(obj: object, index: int, count: int) -> SampledConfig:
+    """A sample of any class with NePS's shape (``id``, ``config``, ``previous_config_id``).
+
+    NePS's own ``SampledConfig`` passes, as does this package's; anything else is an
+    ``InvalidSampleError`` saying which sample and what is wrong with it.
+    """
+    which = "the sample" if count == 1 else f"sample {index + 1} of {count}"
+    missing = [a for a in ("id", "config") if not hasattr(obj, a)]
+    if missing:
+        raise InvalidSampleError(
+            f"The optimizer must return SampledConfig(s) (id, config, previous_config_id);"
+            f" {which} has no {' or '.join(missing)}: {obj!r}"
+        )
+    tid, config = getattr(obj, "id"), getattr(obj, "config")  # noqa: B009 - any class
+    previous = getattr(obj, "previous_config_id", None)
+    if not isinstance(tid, str):
+        raise InvalidSampleError(f"{which}: id must be a str, not {type(tid).__name__} {tid!r}")
+    if not isinstance(config, Mapping):
+        raise InvalidSampleError(f"{which} ({tid!r}): config must be a mapping, not {config!r}")
+    if previous is not None and not isinstance(previous, str):
+        raise InvalidSampleError(
+            f"{which} ({tid!r}): previous_config_id must be a str or None, not {previous!r}"
+        )
+    if isinstance(obj, SampledConfig):
+        return obj
+    return SampledConfig(id=tid, config=config, previous_config_id=previous)
+
+
 class _CopyingView(Mapping[str, Trial]):
     """The trials as the optimizer sees them: O(1) to hand over, a copy per access."""
 
@@ -383,9 +411,7 @@ class NePSState:
 
     def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[Trial]:
         items: list[object] = sampled if isinstance(sampled, list) else [sampled]
-        configs = [c for c in items if isinstance(c, SampledConfig)]
-        if len(configs) != len(items):
-            raise InvalidSampleError(f"The optimizer must return SampledConfig(s), got {sampled!r}")
+        configs = [_as_sample(c, i, len(items)) for i, c in enumerate(items)]
         limit = 1 if n is None else n
         if len(configs) > limit or (n is None and not configs):
             raise InvalidSampleError(

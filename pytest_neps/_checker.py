@@ -99,7 +99,7 @@ def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
 
 
 def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
-    path = configs / ".trial_cache.pkl"
+    path = configs / ".trial_cache.journal"
     intent = configs / ".trial_cache.intent"
     marker = intent.read_bytes() if intent.exists() else b""
     if marker:
@@ -109,7 +109,13 @@ def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return None
+        # A journal of an earlier version, under NePS's cache name; NePS's own cache
+        # there is not ours to check (the folders are).
+        legacy = configs / ".trial_cache.pkl"
+        data = legacy.read_bytes() if legacy.is_file() else b""
+        if not data.startswith(MAGIC):
+            return None
+        path = legacy
     if not data.startswith(MAGIC):
         return None  # NePS's own cache format: the folders are what we check
     payloads, end = parse_frames(data, HEADER_SIZE)
@@ -152,7 +158,7 @@ def _check_trials(root: Path, snap: Snapshot, out: list[Violation]) -> None:
         out += _folder_violations(configs / f"{PREFIX}{tid}", trial, snap.folders)
     if snap.cache is None:
         return
-    cache_path = str(configs / ".trial_cache.pkl")
+    cache_path = str(configs / ".trial_cache.journal")
     out += [
         Violation("cache = folders", cache_path, f"trial {tid!r} has no folder")
         for tid in snap.cache.keys() - snap.folders.keys()

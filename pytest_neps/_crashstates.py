@@ -170,7 +170,7 @@ class _Workload:
                 os.close(fd)
         io.remove_tree(configs / "config_2")
         io.fsync_dir(configs)
-        fd = os.open(configs / ".trial_cache.pkl", os.O_WRONLY | os.O_APPEND)
+        fd = os.open(configs / ".trial_cache.journal", os.O_WRONLY | os.O_APPEND)
         try:
             io.write(fd, b"\x20\x00\x00\x00half a record")
             io.fsync_fd(fd)

@@ -157,12 +157,12 @@ class NePSStateMachine(RuleBasedStateMachine):
     @rule()
     def lose_cache(self) -> None:
         """Delete the trial cache file."""
-        (self.root / "configs" / ".trial_cache.pkl").unlink(missing_ok=True)
+        (self.root / "configs" / ".trial_cache.journal").unlink(missing_ok=True)
 
     @rule(garbage=st.booleans(), cut=st.integers(1, 40))
     def tear_cache_tail(self, garbage: bool, cut: int) -> None:
         """Append what a crash mid-append leaves: part of a record, or garbage."""
-        cache = self.root / "configs" / ".trial_cache.pkl"
+        cache = self.root / "configs" / ".trial_cache.journal"
         if not cache.exists():
             return
         record = frame(pickle.dumps(["an append that never finished"]))

@@ -399,7 +399,7 @@ def _check_reads(path: Path, acked: dict[str, tuple[str, int]]) -> None:
 def _check_cache_generation(root: Path, acked: dict[str, tuple[str, int]]) -> None:
     # Before anyone recovers: the cache must be a whole journal (the old generation
     # or the new one), holding every acknowledged trial.
-    data = (root / "configs" / ".trial_cache.pkl").read_bytes()
+    data = (root / "configs" / ".trial_cache.journal").read_bytes()
     assert data.startswith(MAGIC), "the cache has no journal header"
     payloads, end = parse_frames(data, HEADER_SIZE)
     assert end == len(data), f"the cache ends in {len(data) - end} unparsable bytes"

@@ -46,7 +46,7 @@ BARE = (
     pickle.UnpicklingError,
     UnicodeDecodeError,
 )
-CACHE = "configs/.trial_cache.pkl"
+CACHE = "configs/.trial_cache.journal"
 ERRORS = "shared_errors.jsonl"
 
 
@@ -447,7 +447,7 @@ LEFTOVERS = {
     ".optimizer_state.pkl.tmp-0a1b2c3d4e5f": b"half a pickle",
     ".optimizer_info.yaml.tmp-3d4e5f": b"name: [",
     ".shared_errors.jsonl.tmp-1": b'{"trial_id":',
-    "configs/.trial_cache.pkl.tmp-77": b"NEPSJRN1",
+    "configs/.trial_cache.journal.tmp-77": b"NEPSJRN1",
     "configs/config_0/.metadata.json.tmp-123": b'{"id": "0", "sta',
     "configs/config_1/.report.yaml.tmp-456": b"reported_as: [",
     "configs/.staging-xyz/metadata.json": b'{"id": "99"',
@@ -619,7 +619,7 @@ def test_foreign_cache_is_rebuilt_and_kept(
     with caplog.at_level(logging.WARNING, logger="neps_state"):
         state = NePSState.create_or_load(run.path, load_only=True, settings=SETTINGS)
         assert state.lock_and_read_trials() == run.trials
-    kept = list(cache.parent.glob(".trial_cache.pkl.old-*"))
+    kept = list(cache.parent.glob(".trial_cache.journal.old-*"))
     assert len(kept) == 1
     assert kept[0].read_bytes() == old_bytes, "the foreign cache must be kept as it was"
     assert "not a neps_state journal" in caplog.text
@@ -630,4 +630,4 @@ def test_foreign_cache_is_rebuilt_and_kept(
     assert after == before
     # Rebuilt once: a new handle reads the new cache and keeps no second copy.
     assert NePSState(run.path, SETTINGS).lock_and_read_trials() == run.trials
-    assert list(cache.parent.glob(".trial_cache.pkl.old-*")) == kept
+    assert list(cache.parent.glob(".trial_cache.journal.old-*")) == kept

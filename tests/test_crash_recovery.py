@@ -52,7 +52,7 @@ def test_sigkill_inside_operation_at_fault_point(op: str, point: str) -> None:
 def torn_append_workload(root: Path, acks_path: Path, nth: int) -> str:
     """Die in the middle of the ``nth`` update's cache append, leaving half a record."""
     acks = Acks(acks_path)
-    cache = root / "configs" / ".trial_cache.pkl"
+    cache = root / "configs" / ".trial_cache.journal"
     hits = 0
 
     def hook(point: str) -> None:
@@ -86,7 +86,7 @@ def test_crash_mid_append_truncates_the_torn_record(
     assert "died holding the trial lock" in caplog.text
     assert "not a complete record" in caplog.text
     assert "Rebuilding" not in caplog.text  # a crash explains the tail: truncate, not rebuild
-    assert len(list((root / "configs").glob(".trial_cache.pkl.torn-*"))) == 1
+    assert len(list((root / "configs").glob(".trial_cache.journal.torn-*"))) == 1
 
 
 @pytest.mark.parametrize(

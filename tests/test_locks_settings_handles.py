@@ -153,7 +153,7 @@ def test_incremental_reads_only_new_records_and_rereads_after_consolidation(
         return data
 
     monkeypatch.setattr("neps_state._journal.os.pread", counting_pread)
-    cache = run_dir / "configs" / ".trial_cache.pkl"
+    cache = run_dir / "configs" / ".trial_cache.journal"
     size = cache.stat().st_size
     run_cycle(b)  # b appends three records (sample, claim, report)
     appended = cache.stat().st_size - size
@@ -214,7 +214,7 @@ def test_state_reads_settings_from_environment(
 
 def test_journal_refuses_appends_that_race_it(run_dir: Path) -> None:
     make_state(run_dir)
-    path = run_dir / "configs" / ".trial_cache.pkl"
+    path = run_dir / "configs" / ".trial_cache.journal"
     first, second = Journal(path, fsync=False), Journal(path, fsync=False)
     assert first.refresh() is not None
     assert second.refresh() is not None

@@ -146,7 +146,7 @@ def lose_unsynced_data(run: Path) -> None:
     for path in (run / "configs").glob("config_*/*"):
         path.write_bytes(b"")
     (run / "optimizer_state.pkl").write_bytes(b"")
-    with (run / "configs" / ".trial_cache.pkl").open("ab") as f:
+    with (run / "configs" / ".trial_cache.journal").open("ab") as f:
         f.write(b"\x40\x00\x00\x00\x00\x00")
 
 
@@ -212,7 +212,7 @@ def test_os_durability_keeps_folders_the_journal_lost_and_refuses_what_it_cannot
     state.lock_and_consolidate_cache()  # durable in every mode
     run_cycle(state)  # "1": only in records after the snapshot
     run_cycle(state)  # "2"
-    journal = run_dir / "configs" / ".trial_cache.pkl"
+    journal = run_dir / "configs" / ".trial_cache.journal"
     size = _snapshot_end(journal)
     with journal.open("r+b") as f:
         f.truncate(size)  # the power loss took every record since the consolidation
@@ -275,9 +275,30 @@ def test_a_journal_of_the_previous_version_is_still_read(run_dir: Path) -> None:
         run_cycle(state)
     trials = state.lock_and_read_trials()
     records = [pickle.dumps([t]) for t in trials.values()]
-    journal = run_dir / "configs" / ".trial_cache.pkl"
+    journal = run_dir / "configs" / ".trial_cache.journal"
     journal.write_bytes(MAGIC + bytes(16) + b"".join(frame(r) for r in records))
     again = NePSState.create_or_load(run_dir, load_only=True, settings=FSYNC)
     assert again.lock_and_read_trials() == trials
     run_cycle(again)  # the optimizer state comes from the file, then from the journal
     assert not check_run_dir(run_dir)
+
+
+def test_a_journal_under_the_old_name_is_moved_and_a_neps_cache_left_alone(
+    run_dir: Path,
+) -> None:
+    state = make_state(run_dir, settings=FSYNC)
+    run_cycle(state)
+    configs = run_dir / "configs"
+    (configs / ".trial_cache.journal").rename(configs / ".trial_cache.pkl")
+    assert not check_run_dir(run_dir)  # the checker reads it there too
+    again = NePSState.create_or_load(run_dir, load_only=True, settings=FSYNC)
+    assert sorted(again.lock_and_read_trials()) == ["0"]
+    assert (configs / ".trial_cache.journal").read_bytes().startswith(b"NEPSJRN1")
+    assert not (configs / ".trial_cache.pkl").exists()
+    # NePS's own cache under that name is NePS's: read around (folders), never touched.
+    neps_cache = pickle.dumps({"0": {"config": {}}})
+    (configs / ".trial_cache.pkl").write_bytes(neps_cache)
+    (configs / ".trial_cache.journal").unlink()
+    third = NePSState.create_or_load(run_dir, load_only=True, settings=FSYNC)
+    assert sorted(third.lock_and_read_trials()) == ["0"]
+    assert (configs / ".trial_cache.pkl").read_bytes() == neps_cache

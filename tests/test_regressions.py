@@ -55,9 +55,9 @@ def test_cache_loss_first_read_returns_every_trial(
     state = make_state(run_dir, cls=cls)
     for _ in range(5):
         run_cycle(state)
-    (run_dir / "configs" / ".trial_cache.pkl").unlink()
+    (run_dir / "configs" / ".trial_cache.journal").unlink()
     fresh = make_state(run_dir, cls=cls)  # loading rebuilds; read again after losing it again
-    (run_dir / "configs" / ".trial_cache.pkl").unlink()
+    (run_dir / "configs" / ".trial_cache.journal").unlink()
     assert len(fresh.lock_and_read_trials()) == expected
     assert len(state.lock_and_read_trials()) == 5  # any later read is complete again
 
@@ -168,7 +168,7 @@ def test_torn_cache_tail_is_repaired_and_nothing_is_lost(
 ) -> None:
     state = make_state(run_dir)
     done = [run_cycle(state).id for _ in range(3)]
-    cache = run_dir / "configs" / ".trial_cache.pkl"
+    cache = run_dir / "configs" / ".trial_cache.journal"
     torn = frame(pickle.dumps(["half of a record"]))[:-5]
     cache.write_bytes(cache.read_bytes() + torn)
     other = make_state(run_dir)
@@ -181,7 +181,7 @@ def test_torn_cache_tail_is_repaired_and_nothing_is_lost(
     assert "Rebuilding" in caplog.text
     _, end = parse_frames(cache.read_bytes(), HEADER_SIZE)
     assert end == cache.stat().st_size  # the tail is gone from the cache ...
-    aside = list(cache.parent.glob(".trial_cache.pkl.torn-*"))
+    aside = list(cache.parent.glob(".trial_cache.journal.torn-*"))
     assert [p.read_bytes() for p in aside] == [torn]  # ... and kept aside
     run_cycle(other)
     assert len(state.lock_and_read_trials()) == 4
@@ -191,7 +191,7 @@ def test_torn_cache_tail_is_repaired_and_nothing_is_lost(
 def test_garbage_cache_tail_is_detected_not_unpickled(run_dir: Path) -> None:
     state = make_state(run_dir)
     run_cycle(state)
-    cache = run_dir / "configs" / ".trial_cache.pkl"
+    cache = run_dir / "configs" / ".trial_cache.journal"
     cache.write_bytes(cache.read_bytes() + os.urandom(64))
     assert len(make_state(run_dir).lock_and_read_trials()) == 1
     assert check_run_dir(run_dir) == []

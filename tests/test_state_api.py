@@ -6,6 +6,8 @@ import json
 import math
 import pickle
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,7 @@ def test_create_writes_neps_layout(run_dir: Path) -> None:
     }
     assert (run_dir / "optimizer_state.pkl").is_file()
     assert (run_dir / "configs").is_dir()
-    assert (run_dir / "configs" / ".trial_cache.pkl").is_file()
+    assert (run_dir / "configs" / ".trial_cache.journal").is_file()
 
 
 def test_sample_one_and_many(state: NePSState) -> None:
@@ -105,6 +107,44 @@ def test_optimizer_must_return_sampled_configs(state: NePSState) -> None:
         state.lock_and_sample_trial(fixed("a", "b"), worker_id="w0", n=1)
     with pytest.raises(InvalidTrialIdError):
         state.lock_and_sample_trial(fixed("../x"), worker_id="w0")
+    assert state.all_trial_ids() == []
+
+
+@dataclass
+class ForeignSample:
+    """A sample of another class with NePS's shape (as NePS's own SampledConfig)."""
+
+    id: object
+    config: object
+    previous_config_id: object = None
+
+
+def test_any_sample_with_neps_shape_is_accepted(state: NePSState) -> None:
+    def ask(trials: Mapping[str, Trial], budget_info: object, n: int | None = None) -> object:
+        if not trials:
+            return ForeignSample("a", {"x": 1})
+        return [ForeignSample("b", {"x": 2}, "a"), ForeignSample("c", {"x": 3})]
+
+    a = state.lock_and_sample_trial(ask, worker_id="w0")  # type: ignore[arg-type]
+    b, c = state.lock_and_sample_trial(ask, worker_id="w0", n=2)  # type: ignore[arg-type]
+    assert (a.id, a.config, b.metadata.previous_trial_id, c.id) == ("a", {"x": 1}, "a", "c")
+
+
+@pytest.mark.parametrize(
+    ("sample", "problem"),
+    [
+        (ForeignSample(7, {}), "id must be a str, not int 7"),
+        (ForeignSample("a", ["x"]), r"\('a'\): config must be a mapping"),
+        (ForeignSample("a", {}, 3), "previous_config_id must be a str or None, not 3"),
+        ({"id": "a", "config": {}}, "has no id or config"),
+    ],
+    ids=["id-int", "config-list", "previous-int", "dict"],
+)
+def test_a_sample_of_the_wrong_shape_says_what_is_wrong(
+    state: NePSState, sample: object, problem: str
+) -> None:
+    with pytest.raises(InvalidSampleError, match=problem):
+        state.lock_and_sample_trial(lambda **_: sample, worker_id="w0")  # type: ignore[arg-type,return-value]
     assert state.all_trial_ids() == []
 
 
@@ -462,7 +502,7 @@ def test_settings_reach_the_state(run_dir: Path) -> None:
 
 def test_sample_and_claim_in_one_commit(run_dir: Path) -> None:
     state, other = make_state(run_dir), make_state(run_dir)
-    cache = run_dir / "configs" / ".trial_cache.pkl"
+    cache = run_dir / "configs" / ".trial_cache.journal"
     size = cache.stat().st_size
     t = state.lock_and_sample_trial(random_search, worker_id="w1", claim=True)
     assert t.metadata.state is Trial.State.EVALUATING
