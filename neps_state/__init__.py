@@ -12,6 +12,7 @@ from neps_state._errors import (
     SettingsError,
     TrialAlreadyExistsError,
     TrialNotFoundError,
+    UnsafeFileError,
 )
 from neps_state._io import FAULT_POINTS, set_fault_hook
 from neps_state._optimizer import (
@@ -22,6 +23,7 @@ from neps_state._optimizer import (
     SampledConfig,
     SeedSnapshot,
 )
+from neps_state._permissions import UnsafePermissionsError
 from neps_state._repo import TrialRepo
 from neps_state._settings import Settings
 from neps_state._state import InvalidSampleError, NePSState
@@ -55,6 +57,8 @@ __all__ = [
     "TrialNotFoundError",
     "TrialRepo",
     "TrialWriteHint",
+    "UnsafeFileError",
+    "UnsafePermissionsError",
     "set_fault_hook",
     "validate_trial_id",
 ]

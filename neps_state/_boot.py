@@ -20,9 +20,10 @@ import functools
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 
-from neps_state._io import write_atomic
+from neps_state._io import read_file, rename, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def current_boot() -> str | None:
 def checked_boots(configs: Path) -> list[str]:
     """The boots recorded as having checked the run (an unreadable record: none)."""
     try:
-        data = json.loads((configs / BOOTS_FILE).read_bytes())
-    except (OSError, ValueError):
+        data = json.loads(read_file(configs / BOOTS_FILE))
+    except (OSError, ValueError):  # (CorruptedFileError is a ValueError)
         return []
     if not isinstance(data, list) or not all(isinstance(b, str) for b in data):
         return []
@@ -65,5 +66,9 @@ def record_checked(configs: Path, boot: str | None) -> None:
     """Add ``boot`` to the record, durably (the caller holds the trial lock)."""
     if boot is None:
         return
+    path = configs / BOOTS_FILE
+    if (os.path.lexists(path) and not os.path.isfile(path)) or os.path.islink(path):
+        # Not a file of ours (a folder, a link...): set aside, never followed.
+        rename(path, path.with_name(f"{BOOTS_FILE}.damaged-{secrets.token_hex(4)}"))
     boots = [*[b for b in checked_boots(configs) if b != boot][-(_KEEP - 1) :], boot]
-    write_atomic(configs / BOOTS_FILE, json.dumps(boots).encode(), fsync=True)
+    write_atomic(path, json.dumps(boots).encode(), fsync=True)

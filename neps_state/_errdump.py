@@ -2,9 +2,11 @@
 
 The file only ever grows: records are appended under the errors lock, one
 ``write`` per record, and fsynced (``fsync`` durability) after the locks are
-released, with the journal record that carries the same line. A last line
-without its newline is the trace of a writer killed mid-append; it is moved
-aside (never silently dropped) under the lock.
+released, with the journal record that carries the same line. NePS writes its
+last record without a newline: a last line that is a whole record is one (a
+newline is added before the next record is appended). A last line that is not
+is the trace of a writer killed mid-append; it is moved aside (never silently
+dropped) under the lock.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from neps_state._errors import CorruptedFileError, NePSError
-from neps_state._io import create, dump_json, fsync_fd, save_aside, truncate, write
+from neps_state._io import (
+    create,
+    dump_json,
+    fsync_fd,
+    open_regular,
+    read_file,
+    save_aside,
+    truncate,
+    write,
+)
 from neps_state._locks import FileLocker
 
 logger = logging.getLogger(__name__)
@@ -91,11 +102,20 @@ def parse_records(path: Path, data: bytes) -> tuple[list[SerializableTrialError]
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptedFileError(path, f"line {number} is not valid JSON: {e}") from None
-        records.append(_record(path, number, obj))
+        records.append(record_from(path, number, obj))
     return records, end
 
 
-def _record(path: Path, number: int, obj: Any) -> SerializableTrialError:
+def _whole_record(path: Path, line: bytes, number: int) -> SerializableTrialError | None:
+    """The last line as a record if it is a whole one (NePS ends without a newline)."""
+    try:
+        return record_from(path, number, json.loads(line))
+    except (ValueError, UnicodeDecodeError, CorruptedFileError):
+        return None
+
+
+def record_from(path: Path, number: int, obj: Any) -> SerializableTrialError:
+    """One line's record, checked; ``CorruptedFileError`` naming ``path`` and the line."""
     if not isinstance(obj, dict):
         raise CorruptedFileError(path, f"line {number} is not a JSON object")
     missing = [k for k in _RECORD_FIELDS if k not in obj]
@@ -121,20 +141,38 @@ class ErrorLog:
     def size(self) -> int:
         """Current size in bytes (0 when the file does not exist yet)."""
         try:
-            return self.path.stat().st_size
+            return os.lstat(self.path).st_size
         except FileNotFoundError:
             return 0
 
     def read(self) -> ErrDump:
         """Every complete record (*locked*); a torn last line is moved aside."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        if not os.path.lexists(self.path):
             return ErrDump()
+        data = read_file(self.path)
         records, end = parse_records(self.path, data)
         if end < len(data):
-            self._drop_tail(end, data[end:])
+            last = _whole_record(self.path, data[end:], data.count(b"\n") + 1)
+            if last is None:
+                self._drop_tail(end, data[end:])
+            else:
+                records.append(last)
         return ErrDump(records)
+
+    def end_last_line(self) -> None:
+        """End a last record written without its newline (NePS's) before appending (*locked*)."""
+        try:
+            fd = open_regular(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.lseek(fd, 0, os.SEEK_END)
+                write(fd, b"\n")
+                self.unsynced = True
+        finally:
+            os.close(fd)
 
     def append(self, line: bytes) -> None:
         """Append one record line (*locked*); durable after :meth:`flush`."""
@@ -159,7 +197,7 @@ class ErrorLog:
 
     def _fsync(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = open_regular(self.path)
         except FileNotFoundError:
             return
         try:
@@ -177,12 +215,12 @@ class ErrorLog:
             logger.warning("%s grew past an interrupted append; left as it is", self.path)
             return
         if size > size_before:
-            self._drop_tail(size_before, self.path.read_bytes()[size_before:])
+            self._drop_tail(size_before, read_file(self.path)[size_before:])
         self.append(line)
 
     def _drop_tail(self, keep: int, tail: bytes) -> None:
         aside = save_aside(self.path, "torn", tail, fsync=self.fsync)
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = open_regular(self.path, os.O_WRONLY)
         try:
             truncate(fd, keep)
         finally:

@@ -100,6 +100,26 @@ class CorruptedFileError(NePSError, ValueError):
         return f"{self.path}: {self.problem}"
 
 
+class UnsafeFileError(CorruptedFileError):
+    """A pickle in the run directory asks for code that is not on the allowlist.
+
+    Nothing of it ran: the unpickler refused ``refused`` (``module.name``) before
+    importing or calling anything. ``Settings(pickle_allow=...)`` or
+    ``NEPS_STATE_PICKLE_ALLOW`` extends the allowlist for a directory you trust.
+    """
+
+    def __init__(self, path: str | Path, refused: str) -> None:
+        super().__init__(
+            path,
+            f"refused to unpickle {refused}: not on the allowlist (a pickle can run any"
+            " code; if you trust this file, add it with NEPS_STATE_PICKLE_ALLOW)",
+        )
+        self.refused = refused
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.refused))
+
+
 class NotARunDirectoryError(NePSError, FileNotFoundError):
     """A path that should hold a NePS run directory does not."""
 

@@ -4,8 +4,9 @@ A writer holding the trial lock records what it is about to change before it
 touches any file, and clears the record after its journal append (the commit).
 The next holder of the lock that finds a record knows that a writer died inside
 its critical section, and exactly which trials it may have left half-written.
-The record is one journal frame at offset 0 (bytes after it are ignored); an
-empty frame or an empty file means clean, a damaged frame is recognised as such.
+The record is one journal frame at offset 0 holding a JSON object (bytes after it
+are ignored); an empty frame or an empty file means clean, a damaged frame is
+recognised as such (and answered by a full check).
 Neither write changes the file's size in the common case, and neither is fsynced:
 a process crash keeps the page cache, and the journal, not this file, carries
 durability.
@@ -13,10 +14,11 @@ durability.
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neps_state._io import create, own_descriptor, pwrite
 from neps_state._journal import frame, parse_frames
@@ -40,6 +42,36 @@ class Intent:
 
 UNREADABLE = Intent(op="unreadable", pid=-1, token=b"", offset=-1, ids=())
 """Stands for a marker that exists but cannot be parsed."""
+
+
+def _to_json(intent: Intent) -> bytes:
+    line = intent.error_line
+    doc = {
+        "op": intent.op,
+        "pid": intent.pid,
+        "token": intent.token.hex(),
+        "offset": intent.offset,
+        "ids": list(intent.ids),
+        "errors_size": intent.errors_size,
+        "error_line": None if line is None else line.decode("utf-8"),
+    }
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _from_json(doc: dict[str, Any]) -> Intent:
+    line, size = doc["error_line"], doc["errors_size"]
+    intent = Intent(
+        op=str(doc["op"]),
+        pid=int(doc["pid"]),
+        token=bytes.fromhex(doc["token"]),
+        offset=int(doc["offset"]),
+        ids=tuple(str(i) for i in doc["ids"]),
+        errors_size=None if size is None else int(size),
+        error_line=None if line is None else str(line).encode("utf-8"),
+    )
+    if not all(isinstance(i, str) for i in doc["ids"]):
+        raise ValueError("ids must be text")
+    return intent
 
 
 class IntentFile:
@@ -68,14 +100,13 @@ class IntentFile:
         if not payloads[0]:
             return None
         try:
-            intent = pickle.loads(payloads[0])  # noqa: S301 - written by this module
-        except Exception:  # noqa: BLE001 - any damage means the same: unreadable
+            return _from_json(json.loads(payloads[0]))
+        except (ValueError, TypeError, KeyError):  # any damage means the same: unreadable
             return UNREADABLE
-        return intent if isinstance(intent, Intent) else UNREADABLE
 
     def begin(self, intent: Intent) -> None:
         """Record ``intent`` before any file is changed."""
-        pwrite(self._descriptor(), frame(pickle.dumps(intent, pickle.HIGHEST_PROTOCOL)), 0)
+        pwrite(self._descriptor(), frame(_to_json(intent)), 0)
 
     def clear(self) -> None:
         """Mark clean (a lost clear only causes a harmless, idempotent recovery)."""

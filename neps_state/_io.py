@@ -23,16 +23,17 @@ import ctypes
 import errno
 import json
 import os
-import pickle
 import secrets
+import stat
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
+from neps_state import _pickles as pickles
 from neps_state._errors import CorruptedFileError
 
 FAULT_POINTS: tuple[str, ...] = (
@@ -100,12 +101,66 @@ def set_tracer(tracer: Tracer | None) -> Tracer | None:
     return previous
 
 
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""Flags of every open in a run directory: never follow a symbolic link, never block
+on a FIFO (``open_regular`` then refuses anything but a regular file)."""
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open a regular file of a run directory; ``CorruptedFileError`` for anything else.
+
+    A symbolic link is not followed, a FIFO or device is not waited on: each is refused
+    naming the path (so a crafted entry never leads outside the run or blocks).
+    """
+    try:
+        fd = os.open(path, flags | _SAFE, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptedFileError(path, "is a symbolic link (not followed)") from None
+        if e.errno == errno.ENXIO:
+            raise CorruptedFileError(path, "is a FIFO or socket, not a file") from None
+        if e.errno == errno.EISDIR:
+            raise CorruptedFileError(path, "is a directory, not a file") from None
+        raise
+    mode_now = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode_now):
+        os.close(fd)
+        raise CorruptedFileError(path, f"is a {_kind(mode_now)}, not a regular file")
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def is_real_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder itself (a symbolic link to one is not)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def create(path: Path, *, flags: int = os.O_WRONLY, exclusive: bool = True) -> int:
-    """Open ``path`` with ``O_CREAT`` (and ``O_EXCL`` unless ``exclusive=False``)."""
+    """Open ``path`` with ``O_CREAT`` (and ``O_EXCL`` unless ``exclusive=False``).
+
+    As :func:`open_regular`: a symbolic link, FIFO or device there is refused.
+    """
+    flags |= os.O_CREAT | (os.O_EXCL if exclusive else 0)
     if _tracer is None:
-        return os.open(path, flags | os.O_CREAT | (os.O_EXCL if exclusive else 0), 0o644)
+        return open_regular(path, flags)
     existed = not exclusive and os.path.lexists(path)
-    fd = os.open(path, flags | os.O_CREAT | (os.O_EXCL if exclusive else 0), 0o644)
+    fd = open_regular(path, flags)
     if not existed:
         _tracer("create", path=Path(path))
     return fd
@@ -243,7 +298,10 @@ def write_atomic(
             os.close(fd)
         if fault:
             fault_point(fault)
-        rename(tmp, path)
+        try:
+            rename(tmp, path)
+        except (IsADirectoryError, NotADirectoryError) as e:
+            raise CorruptedFileError(path, f"cannot be replaced: {e.strerror}") from None
     except BaseException:
         unlink(tmp)
         raise
@@ -334,19 +392,34 @@ def dump_yaml(obj: object, path: Path) -> bytes:
     return text.encode("utf-8")
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def dump_json(obj: object) -> bytes:
     """Serialize to compact JSON (NaN and infinities allowed, as Python's json does)."""
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(obj).encode("utf-8")
+
+
+MAX_FILE_BYTES = 1 << 30
+"""Files of a run directory larger than this are refused, not read into memory."""
 
 
 def read_file(path: Path) -> bytes:
-    """Read a whole file; a missing file is a ``CorruptedFileError`` naming it."""
+    """Read a whole regular file; ``CorruptedFileError`` naming it if missing or odd."""
     try:
-        return path.read_bytes()
+        fd = open_regular(path)
     except FileNotFoundError:
         raise CorruptedFileError(path, "is missing") from None
-    except IsADirectoryError:
-        raise CorruptedFileError(path, "is a directory, not a file") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
+            raise CorruptedFileError(path, f"holds {size} bytes, more than a run's file may")
+        chunks = []
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load_yaml(path: Path, data: bytes | None = None) -> Any:
@@ -367,15 +440,12 @@ def load_json(path: Path, data: bytes | None = None) -> Any:
         raise CorruptedFileError(path, f"is not valid JSON: {_one_line(e)}") from None
 
 
-def load_pickle(path: Path, data: bytes | None = None) -> Any:
-    """Unpickle a file; any problem is a ``CorruptedFileError`` naming the file."""
-    raw = read_file(path) if data is None else data
-    if not raw:
-        raise CorruptedFileError(path, "is empty")
-    try:
-        return pickle.loads(raw)  # noqa: S301 - the run directory is trusted, as in NePS
-    except Exception as e:  # noqa: BLE001 - unpickling raises anything; we report it typed
-        raise CorruptedFileError(path, f"does not unpickle: {type(e).__name__}: {e}") from None
+def load_pickle(path: Path, data: bytes | None = None, *, allow: Iterable[str] = ()) -> Any:
+    """Unpickle a file through the allowlist (``_pickles``); a ``CorruptedFileError`` else.
+
+    ``UnsafeFileError`` (a ``CorruptedFileError``) names a global that was refused.
+    """
+    return pickles.loads(read_file(path) if data is None else data, path, allow=allow)
 
 
 def _one_line(e: Exception) -> str:

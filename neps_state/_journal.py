@@ -24,8 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neps_state._errors import NePSError
-from neps_state._io import fault_point, fsync_fd, own_descriptor, truncate, write, write_atomic
+from neps_state._errors import CorruptedFileError, NePSError
+from neps_state._io import (
+    MAX_FILE_BYTES,
+    fault_point,
+    fsync_fd,
+    open_regular,
+    own_descriptor,
+    truncate,
+    write,
+    write_atomic,
+)
 
 MAGIC = b"NEPSJRN1"
 HEADER_SIZE = len(MAGIC) + 16
@@ -99,7 +108,7 @@ class Journal:
         Raises ``ForeignCacheError`` if the file has no valid header.
         """
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             self.close()
             return None
@@ -107,6 +116,10 @@ class Journal:
         if reset:
             self._reopen()
         size = os.fstat(self._fd).st_size
+        if size - self.offset > MAX_FILE_BYTES:
+            raise CorruptedFileError(
+                self.path, f"holds {size} bytes, more than a journal may grow (damaged?)"
+            )
         data = os.pread(self._fd, size - self.offset, self.offset) if size > self.offset else b""
         payloads, used = parse_frames(data, 0)
         if reset and payloads:
@@ -117,7 +130,7 @@ class Journal:
 
     def _reopen(self) -> None:
         self.close()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        fd = open_regular(self.path, os.O_RDWR | os.O_APPEND)
         head = os.pread(fd, HEADER_SIZE, 0)
         if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
             os.close(fd)

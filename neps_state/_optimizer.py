@@ -105,6 +105,41 @@ class OptimizationState:
     shared_state: dict[str, Any] | None = None
 
 
+def adopt_state(obj: object) -> OptimizationState | None:
+    """``obj`` as this package's ``OptimizationState``, if it is one of any implementation.
+
+    NePS writes its own class (with its own budget fields and RNG snapshot); a run
+    NePS wrote is read through this. None when ``obj`` is no optimization state.
+    """
+    if isinstance(obj, OptimizationState):
+        return obj
+    if type(obj).__name__ != "OptimizationState" or not hasattr(obj, "seed_snapshot"):
+        return None
+    seed, budget = getattr(obj, "seed_snapshot", None), getattr(obj, "budget", None)
+    return OptimizationState(
+        budget=None if budget is None else _adopt_budget(budget),
+        seed_snapshot=SeedSnapshot(
+            py_rng=getattr(seed, "py_rng", None) or random.getstate(),
+            np_rng=getattr(seed, "np_rng", None),
+        ),
+        shared_state=getattr(obj, "shared_state", None),
+    )
+
+
+def _adopt_budget(budget: object) -> BudgetInfo:
+    def first(*names: str) -> Any:
+        return next(
+            (getattr(budget, n) for n in names if getattr(budget, n, None) is not None), None
+        )
+
+    return BudgetInfo(
+        max_cost_total=first("max_cost_total", "total_cost_to_spend"),
+        used_cost_budget=first("used_cost_budget") or 0.0,
+        max_evaluations=first("max_evaluations", "total_evaluations_to_spend"),
+        used_evaluations=first("used_evaluations") or 0,
+    )
+
+
 @dataclass(frozen=True)
 class SampledConfig:
     """A configuration proposed by the optimizer, under the id it chose."""

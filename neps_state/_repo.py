@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import secrets
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -46,6 +47,7 @@ from neps_state._io import (
     create_file,
     fault_point,
     fsync_dir,
+    is_real_dir,
     load_pickle,
     mkdir,
     read_file,
@@ -57,7 +59,7 @@ from neps_state._io import (
     write_atomic,
 )
 from neps_state._journal import HEADER_SIZE, MAGIC, ForeignCacheError, Journal, ReadResult
-from neps_state._optimizer import OptimizationState
+from neps_state._optimizer import OptimizationState, adopt_state
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
 from neps_state._spare import SpareFolder, sweep
@@ -318,7 +320,14 @@ class TrialRepo:
             logger.warning(
                 "Rebuilding %s from %d trial folders: %s", self.cache_path, len(trials), reason
             )
-        self._rewrite(Record(trials, self._state_from_file()))
+        self._rewrite(Record(trials, self._state_from_file(), errors_size=self._errors_now()))
+
+    def _errors_now(self) -> int | None:
+        """The error dump's size, made durable: a new journal's baseline for the dump."""
+        if self.errors is None:
+            return None
+        with self.errors.lock.lock():
+            return self.errors.make_durable()
 
     def _state_from_file(self) -> bytes | None:
         """The optimizer state file's bytes, to start a new journal with; None if unusable."""
@@ -326,10 +335,13 @@ class TrialRepo:
             return None
         try:
             data = read_file(self.state_file)
-            obj = load_pickle(self.state_file, data)
+            obj = load_pickle(self.state_file, data, allow=self.settings.pickle_allow)
         except CorruptedFileError:
             return None
-        return data if isinstance(obj, OptimizationState) else None
+        if isinstance(obj, OptimizationState):
+            return data
+        adopted = adopt_state(obj)  # NePS's class: the journal keeps this package's
+        return None if adopted is None else pickle.dumps(adopted, pickle.HIGHEST_PROTOCOL)
 
     # -- recovery ---------------------------------------------------------------
 
@@ -342,7 +354,9 @@ class TrialRepo:
             self.directory,
         )
         if intent is UNREADABLE:
-            self._rebuild("the in-flight marker is unreadable")
+            # Which trials it touched is unknown: check them all against the journal,
+            # which holds every commit (error lines included), as after a power loss.
+            self.recover()
         else:
             self._refresh(recovering=True)
             for tid in intent.ids:
@@ -368,7 +382,9 @@ class TrialRepo:
         """Make a trial's folder match the view again."""
         path = trial_dir(self.directory, trial.id)
         files = render(trial, path, ALL_FILES)
-        if not path.is_dir():
+        if os.path.lexists(path) and not is_real_dir(path):
+            raise CorruptedFileError(path, "is not a folder (a symbolic link is not followed)")
+        if not is_real_dir(path):
             self._place(self._stage(files), path)
             return
         for entry in path.iterdir():
@@ -427,7 +443,7 @@ class TrialRepo:
             if self.cache_path.exists():
                 rename(self.cache_path, self.cache_path.with_name(f"{self.CACHE_FILE_NAME}.old"))
             trials.sort(key=lambda t: (t.metadata.time_sampled, t.id))
-            self._rewrite(Record(trials, self._state_from_file()))
+            self._rewrite(Record(trials, self._state_from_file(), errors_size=self._errors_now()))
             return
         self._absorb(result)
         if result.bad_tail:
@@ -536,8 +552,9 @@ class TrialRepo:
                 break
         else:
             last = self._errors_journaled[-1] if self._errors_journaled else None
-            end = base if last is None else last[0] + len(last[1])
-            if self.settings.fsync and len(data) > end:
+            end = self._errors_base if last is None else last[0] + len(last[1])
+            # (No size known: a journal of version 0.1. What the dump holds is kept.)
+            if self.settings.fsync and end is not None and len(data) > end:
                 new = data[:end]
                 what = f"cut {len(data) - end} bytes of records never acknowledged, saved aside"
                 repairs.append(Repair(path, what))
@@ -628,8 +645,9 @@ class TrialRepo:
             raise ValueError(f"prepared for trial {prepared.trial.id!r}, not {trial.id!r}")
         new = _own_copy(trial) if prepared is None else prepared.trial
         check_transition(old, new)
-        if not path.is_dir():
-            raise CorruptedFileError(path, "the trial folder is missing")
+        if not is_real_dir(path):
+            problem = "is not a folder" if os.path.lexists(path) else "is missing"
+            raise CorruptedFileError(path, f"the trial folder {problem}")
         ready = {} if prepared is None else prepared.files
         files = render(new, path, [f for f in (*names, *changed_files(old, new)) if f not in ready])
         files.update(ready)
@@ -639,6 +657,8 @@ class TrialRepo:
             raise ValueError("this TrialRepo has no error log to record the error in")
         errors = self.errors if line is not None else None
         with errors.lock.lock() if errors is not None else contextlib.nullcontext():
+            if errors is not None:
+                errors.end_last_line()
             size = None if errors is None else errors.size()
             record = Record([new], error=None if size is None or line is None else (size, line))
             payload = encode(record)
@@ -789,16 +809,16 @@ def _folder_ids(configs: Path) -> set[str]:
 def _folder_problems(configs: Path, trial: Trial) -> list[tuple[str, str]]:
     """Each file of the trial's folder that differs from the journal's version, and how."""
     path = trial_dir(configs, trial.id)
-    if not path.is_dir():
-        return [("", "the folder is missing")]
+    if not is_real_dir(path):
+        return [("", "the folder is missing" if not os.path.lexists(path) else "not a folder")]
     out = []
     for name, expected in render(trial, path, ALL_FILES).items():
-        try:
-            actual: bytes | None = (path / name).read_bytes()
-        except FileNotFoundError:
-            actual = None
-        except IsADirectoryError:
-            actual = b"/"
+        actual: bytes | None = None
+        if os.path.lexists(path / name):
+            try:
+                actual = read_file(path / name)
+            except CorruptedFileError:
+                actual = b"/"  # a folder, link, FIFO...: rewritten
         if actual != expected:
             out.append((name, _how_it_differs(actual, expected)))
     if out:

@@ -7,6 +7,9 @@ Environment variables are read by :meth:`Settings.from_env`, never at import:
 ``NEPS_STATE_CONSOLIDATION_LIMIT``  records appended before the cache is rewritten
 ``NEPS_STATE_CONSOLIDATION_RATIO``  ... and at least this many per trial
 ``NEPS_STATE_DURABILITY``         ``fsync`` (every commit on disk) or ``os``
+``NEPS_STATE_PICKLE_ALLOW``       ``module.name`` or ``module.*``, comma-separated:
+                                  more globals a pickle may name
+``NEPS_STATE_STRICT_PERMISSIONS`` ``1``: refuse a run others can write or own
 ================================  ============================================
 """
 
@@ -16,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from neps_state._errors import SettingsError
 
@@ -44,6 +47,13 @@ class Settings:
     durability: Durability = "fsync"
     """``fsync``: every acknowledged commit is on stable storage; ``os``: left to the OS."""
 
+    strict_permissions: bool = False
+    """Refuse (not only warn about) a run directory other users can write or own."""
+
+    pickle_allow: tuple[str, ...] = ()
+    """Globals (``module.name`` or ``module.*``) the optimizer state's pickle may name,
+    beyond the built-in allowlist (see ``neps_state._pickles``). Only for files you trust."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             problem = _problem(f.name, getattr(self, f.name))
@@ -64,6 +74,8 @@ class Settings:
             "consolidation_limit": int,
             "consolidation_ratio": float,
             "durability": str.lower,
+            "pickle_allow": _names,
+            "strict_permissions": _flag,
         }
         values: dict[str, object] = {}
         for field in fields(cls):
@@ -82,20 +94,41 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lock_timeout": (
+        lambda v: v is None or (isinstance(v, int | float) and v > 0),
+        "must be a positive number of seconds or None",
+    ),
+    "consolidation_limit": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+    "consolidation_ratio": (
+        lambda v: isinstance(v, int | float) and 0 <= v < math.inf,
+        "must be a number >= 0",
+    ),
+    "durability": (lambda v: v in ("fsync", "os"), "must be 'fsync' or 'os'"),
+    "strict_permissions": (lambda v: isinstance(v, bool), "must be True or False"),
+    "pickle_allow": (
+        lambda v: isinstance(v, tuple) and all(isinstance(x, str) and "." in x for x in v),
+        "must be a tuple of 'module.name' or 'module.*' strings",
+    ),
+}
+
+
 def _problem(name: str, value: object) -> str:
     """What is wrong with ``value`` for the setting ``name`` ('' when nothing)."""
-    if name == "lock_timeout" and value is not None:
-        ok = isinstance(value, int | float) and value > 0
-        return "" if ok else f"must be a positive number of seconds or None, not {value!r}"
-    if name == "consolidation_limit":
-        ok = isinstance(value, int) and value >= 1
-        return "" if ok else f"must be an integer >= 1, not {value!r}"
-    if name == "consolidation_ratio":
-        ok = isinstance(value, int | float) and 0 <= value < math.inf
-        return "" if ok else f"must be a number >= 0, not {value!r}"
-    if name == "durability":
-        return "" if value in ("fsync", "os") else f"must be 'fsync' or 'os', not {value!r}"
-    return ""
+    ok, message = _CHECKS[name]
+    return "" if ok(value) else f"{message}, not {value!r}"
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/true/yes/on or 0/false/no/off")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def _optional_float(raw: str) -> float | None:

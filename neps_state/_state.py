@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, overload
 
+from neps_state import _permissions as permissions
 from neps_state._boot import current_boot, is_checked, record_checked
 from neps_state._errdump import ErrDump, ErrorLog, SerializableTrialError
 from neps_state._errors import (
@@ -25,14 +26,22 @@ from neps_state._errors import (
 from neps_state._io import (
     dump_yaml,
     fault_point,
+    is_real_dir,
     load_pickle,
     load_yaml,
     mkdir,
+    read_file,
     rename,
     write_atomic,
 )
 from neps_state._locks import FileLocker
-from neps_state._optimizer import AskFunction, OptimizationState, OptimizerInfo, SampledConfig
+from neps_state._optimizer import (
+    AskFunction,
+    OptimizationState,
+    OptimizerInfo,
+    SampledConfig,
+    adopt_state,
+)
 from neps_state._repo import Repair, TrialRepo
 from neps_state._settings import Settings
 from neps_state._spare import SpareFile, sweep
@@ -177,6 +186,7 @@ class NePSState:
         root.parent.mkdir(parents=True, exist_ok=True)
         mkdir(root, exist_ok=True)
         state = cls(root, Settings.from_env() if settings is None else settings)
+        permissions.check(root, strict=state.settings.strict_permissions)
         with state._optimizer_lock.lock():
             if state._optimizer_info_path.exists():
                 state._check_existing(None if load_only else optimizer_info)
@@ -209,7 +219,7 @@ class NePSState:
         root = Path(path).absolute()
         if not (root / OPTIMIZER_INFO_FILE).is_file():
             raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
-        if not (root / CONFIGS_DIR).is_dir():
+        if not is_real_dir(root / CONFIGS_DIR):
             raise CorruptedFileError(root / CONFIGS_DIR, "is missing or not a folder")
         state = cls(root, Settings.from_env() if settings is None else settings)
         with state._optimizer_lock.lock(), state._trials():
@@ -217,7 +227,7 @@ class NePSState:
 
     def _check_existing(self, info: OptimizerInfo | None) -> None:
         """Check a run directory that exists: readable, and ``info`` (if given) its optimizer's."""
-        if not (self.path / CONFIGS_DIR).is_dir():
+        if not is_real_dir(self.path / CONFIGS_DIR):
             raise CorruptedFileError(self.path / CONFIGS_DIR, "is missing or not a folder")
         on_disk = self._read_optimizer_info()
         if info is not None and on_disk != info:
@@ -260,16 +270,16 @@ class NePSState:
                     path, f"{e.problem}; the journal holds no copy to rebuild it from"
                 ) from None
             return []
-        try:
-            on_disk: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            on_disk = None
-        except IsADirectoryError:
-            on_disk = b"/"
+        on_disk: bytes | None = None
+        if os.path.lexists(path):
+            try:
+                on_disk = read_file(path)
+            except CorruptedFileError:
+                on_disk = b"/"  # a folder, link or FIFO there
         if on_disk == journaled:
             return []
         how = "missing" if on_disk is None else "empty" if not on_disk else "stale or damaged"
-        folder = path.is_dir()
+        folder = is_real_dir(path)
         if folder:
             how = "a folder is in its place (moved aside)"
         if not dry_run:
@@ -315,15 +325,16 @@ class NePSState:
         journaled = self._trial_repo.optimizer_state
         if journaled is None:
             path = self._optimizer_state_path
-            obj = load_pickle(path)
+            obj = load_pickle(path, allow=self.settings.pickle_allow)
         else:
             path = self._trial_repo.cache_path
-            obj = load_pickle(path, journaled)
-        if not isinstance(obj, OptimizationState):
+            obj = load_pickle(path, journaled, allow=self.settings.pickle_allow)
+        state = adopt_state(obj)  # (NePS's own class, in a run NePS wrote)
+        if state is None:
             raise CorruptedFileError(
                 path, f"holds a {type(obj).__name__}, not an OptimizationState"
             )
-        return obj
+        return state
 
     def _write_optimizer_state(self, data: bytes, *, fsync: bool) -> None:
         # Rewritten by every sample, atomically; fsynced only at creation. The
@@ -540,17 +551,22 @@ class NePSState:
         return trial.clone()
 
     def unsafe_retry_get_trial_by_id(self, trial_id: str) -> Trial:
-        """Read one trial from its folder without the lock, retrying a failed read."""
+        """Read one trial from its folder without the lock, retrying a failed read.
+
+        A file that stays unreadable is a ``CorruptedFileError`` naming it.
+        """
         self._ensure_checked()
-        last: CorruptedFileError | None = None
-        for _ in range(N_UNSAFE_RETRIES):
+        for attempt in range(N_UNSAFE_RETRIES):
             try:
                 return read_trial(self._trial_repo.directory, trial_id)
             except CorruptedFileError as e:
+                if attempt == N_UNSAFE_RETRIES - 1:
+                    raise CorruptedFileError(
+                        e.path, f"{e.problem} (still, after {N_UNSAFE_RETRIES} reads)"
+                    ) from None
                 logger.debug("Reading trial %r failed, retrying: %s", trial_id, e)
-                last = e
                 time.sleep(0.01)
-        raise NePSError(f"Could not read trial {trial_id!r} in {N_UNSAFE_RETRIES} tries: {last}")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @overload
     def lock_and_get_next_pending_trial(self) -> Trial | None: ...

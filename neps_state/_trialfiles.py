@@ -7,12 +7,13 @@ string), ``report.yaml`` (only once reported) and ``previous_trial_id.txt``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from neps_state._errors import CorruptedFileError, InvalidTrialIdError, TrialNotFoundError
-from neps_state._io import dump_json, dump_yaml, load_json, load_yaml
+from neps_state._io import dump_json, dump_yaml, is_real_dir, load_json, load_yaml
 from neps_state._trial import MetaData, Report, State, Trial, validate_trial_id
 
 TrialWriteHint = Literal["config", "metadata", "report"]
@@ -81,10 +82,12 @@ def render(trial: Trial, directory: Path, files: Iterable[str]) -> dict[str, byt
 def read_trial(configs: Path, trial_id: str) -> Trial:
     """Load ``trial_id`` from its folder; a bad or missing file is a ``CorruptedFileError``."""
     directory = trial_dir(configs, trial_id)
-    if not directory.is_dir():
+    if not is_real_dir(directory):
+        if os.path.islink(directory):
+            raise CorruptedFileError(directory, "is a symbolic link (not followed)")
         raise TrialNotFoundError(trial_id, directory)
     meta_path = directory / METADATA_FILE
-    metadata = _metadata(meta_path, load_json(meta_path))
+    metadata = metadata_from(meta_path, load_json(meta_path))
     if metadata.id != trial_id:
         raise CorruptedFileError(
             meta_path, f"holds id {metadata.id!r}, not the folder's {trial_id!r}"
@@ -97,7 +100,8 @@ def read_trial(configs: Path, trial_id: str) -> Trial:
     if not isinstance(config, dict):
         raise CorruptedFileError(config_path, "is not a mapping")
     report_path = directory / REPORT_FILE
-    report = _report(report_path, load_yaml(report_path)) if report_path.exists() else None
+    has_report = os.path.lexists(report_path)
+    report = report_from(report_path, load_yaml(report_path)) if has_report else None
     if report is None and metadata.state.is_finished:
         raise CorruptedFileError(
             report_path, f"is missing, but the trial is {metadata.state.value}"
@@ -108,9 +112,9 @@ def read_trial(configs: Path, trial_id: str) -> Trial:
 def list_trial_ids(configs: Path) -> list[str]:
     """The ids of every ``config_<id>`` folder (hidden temp folders are not listed)."""
     out = []
-    for entry in configs.iterdir():
+    for entry in os.scandir(configs):
         name = entry.name
-        if name.startswith(PREFIX) and entry.is_dir():
+        if name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False):
             try:
                 out.append(validate_trial_id(name[len(PREFIX) :]))
             except InvalidTrialIdError:
@@ -136,7 +140,8 @@ _META_OPTIONAL: dict[str, tuple[type, ...]] = {
 }
 
 
-def _metadata(path: Path, obj: Any) -> MetaData:
+def metadata_from(path: Path, obj: Any) -> MetaData:
+    """A ``MetaData`` from its JSON form, checked; ``CorruptedFileError`` naming ``path``."""
     if not isinstance(obj, dict):
         raise CorruptedFileError(path, "is not a JSON object")
     values: dict[str, Any] = {}
@@ -160,7 +165,8 @@ def _typed(path: Path, key: str, value: Any, types: tuple[type, ...]) -> Any:
     return value
 
 
-def _report(path: Path, obj: Any) -> Report:
+def report_from(path: Path, obj: Any) -> Report:
+    """A ``Report`` from its YAML form, checked; ``CorruptedFileError`` naming ``path``."""
     if not isinstance(obj, dict):
         raise CorruptedFileError(path, "is not a mapping")
     fields = (

@@ -8,7 +8,7 @@ it also checks run directories that NePS wrote. Every problem is a
 from __future__ import annotations
 
 import json
-import pickle
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,8 +17,20 @@ from typing import Any
 
 import yaml
 
-from neps_state import NePSError, OptimizationState, Trial, validate_trial_id
+from neps_state import (
+    CorruptedFileError,
+    NePSError,
+    Settings,
+    Trial,
+    UnsafeFileError,
+    validate_trial_id,
+)
+from neps_state import _pickles as pickles
+from neps_state._errdump import record_from
+from neps_state._io import is_real_dir, read_file
 from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from neps_state._optimizer import adopt_state
+from neps_state._permissions import risks as permission_risks
 from neps_state._records import decode
 from neps_state._trialfiles import PREFIX, PREVIOUS_FILE, read_trial
 from pytest_neps._history import Op
@@ -45,13 +57,21 @@ class Snapshot:
     errors: list[dict[str, Any]]
 
 
-def check_run_dir(path: Path | str, histories: Sequence[Op] | None = None) -> list[Violation]:
-    """Every violation of the run directory's invariants (empty when it is clean)."""
+def check_run_dir(
+    path: Path | str, histories: Sequence[Op] | None = None, *, notes: list[str] | None = None
+) -> list[Violation]:
+    """Every violation of the run directory's invariants (empty when it is clean).
+
+    ``notes`` collects what could not be verified here and is no violation (a pickle
+    whose classes come from a package that is not installed).
+    """
     root = Path(path)
     out: list[Violation] = []
     if not root.is_dir():
         return [Violation("layout", str(root), "is not a directory")]
-    _check_optimizer_files(root, out)
+    notes = [] if notes is None else notes
+    notes += [f"{risk}: other users can change this run" for risk in permission_risks(root)]
+    _check_optimizer_files(root, out, notes)
     snap = read_run_dir(root, out)
     _check_trials(root, snap, out)
     _check_errors(root, snap, out)
@@ -60,64 +80,102 @@ def check_run_dir(path: Path | str, histories: Sequence[Op] | None = None) -> li
     return out
 
 
-def _check_optimizer_files(root: Path, out: list[Violation]) -> None:
+def _check_optimizer_files(root: Path, out: list[Violation], notes: list[str]) -> None:
     info = root / "optimizer_info.yaml"
+    raw = _read(info, out)
     try:
-        data = yaml.safe_load(info.read_bytes())
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            out.append(Violation("files parse", str(info), "not a mapping with a string name"))
-    except (OSError, yaml.YAMLError) as e:
+        data = None if raw is None else yaml.safe_load(raw)
+        ok = (
+            isinstance(data, dict)
+            and isinstance(data.get("name"), str)
+            and isinstance(data.get("info", "missing") or {}, dict)
+        )
+        if raw is not None and not ok:
+            detail = "not a mapping with a string name and an info mapping"
+            out.append(Violation("files parse", str(info), detail))
+    except yaml.YAMLError as e:
         out.append(Violation("files parse", str(info), _short(e)))
     state = root / "optimizer_state.pkl"
-    if not state.exists():
-        out.append(Violation("files parse", str(state), "is missing"))
-    else:
+    raw = _read(state, out)
+    if raw is not None:
         try:
-            obj = pickle.loads(state.read_bytes())  # noqa: S301 - the run directory is trusted
-            # Any implementation's class of that name (NePS's own, ours, ...).
-            if type(obj).__name__ != OptimizationState.__name__:
+            # Through the allowlist: nothing a pickle names is imported or run unless it
+            # is a known data class (ours, NePS's by a stand-in, numpy's).
+            obj = pickles.loads(raw, state, allow=_extra_allowed())
+            if adopt_state(obj) is None:
                 out.append(Violation("files parse", str(state), f"holds a {type(obj).__name__}"))
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is the violation
-            out.append(Violation("files parse", str(state), _short(e)))
+        except UnsafeFileError as e:
+            out.append(Violation("no code in data", str(state), e.problem))
+        except CorruptedFileError as e:
+            if e.problem.startswith("needs the package"):
+                notes.append(f"{state}: not verified: it {e.problem}")
+            else:
+                out.append(Violation("files parse", str(state), e.problem))
+
+
+def _read(path: Path, out: list[Violation], *, optional: bool = False) -> bytes | None:
+    """A file's bytes (``read_file``: no link followed, no FIFO waited on, size capped)."""
+    if optional and not os.path.lexists(path):
+        return None
+    try:
+        return read_file(path)
+    except CorruptedFileError as e:
+        out.append(Violation("files parse", str(path), e.problem))
+        return None
+
+
+def _extra_allowed() -> tuple[str, ...]:
+    """What the user added to the allowlist (``NEPS_STATE_PICKLE_ALLOW``), if valid."""
+    try:
+        return Settings.from_env().pickle_allow
+    except NePSError:
+        return ()
 
 
 def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
     """Read the trial folders, the cache and the error dump; note unreadable parts in ``out``."""
     configs = root / "configs"
     folders: dict[str, Trial] = {}
-    if configs.is_dir():
-        for entry in sorted(configs.iterdir()):
-            if not entry.name.startswith(PREFIX) or not entry.is_dir():
-                continue
-            tid = entry.name[len(PREFIX) :]
-            try:
-                validate_trial_id(tid)
-                folders[tid] = read_trial(configs, tid)
-            except NePSError as e:
-                out.append(Violation("files parse", str(entry), str(e)))
+    if not is_real_dir(configs):
+        out.append(Violation("layout", str(configs), "is missing or not a folder"))
+        return Snapshot(folders, None, _read_errors(root, out))
+    for entry in sorted(os.scandir(configs), key=lambda e: e.name):
+        if not entry.name.startswith(PREFIX):
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            what = "a symbolic link (not followed)" if entry.is_symlink() else "not a folder"
+            out.append(Violation("files parse", entry.path, f"is {what}"))
+            continue
+        tid = entry.name[len(PREFIX) :]
+        try:
+            validate_trial_id(tid)
+            folders[tid] = read_trial(configs, tid)
+        except NePSError as e:
+            out.append(Violation("files parse", entry.path, str(e)))
     return Snapshot(folders, _read_cache(configs, out), _read_errors(root, out))
 
 
 def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
     path = configs / ".trial_cache.journal"
     intent = configs / ".trial_cache.intent"
-    marker = intent.read_bytes() if intent.exists() else b""
+    marker = _read(intent, out, optional=True) or b""
     if marker:
         payloads, _ = parse_frames(marker, 0, empty_ok=True)
         if not payloads or payloads[0]:
             out.append(Violation("recovery", str(intent), "a writer died; recovery is pending"))
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         # A journal of an earlier version, under NePS's cache name; NePS's own cache
         # there is not ours to check (the folders are).
         legacy = configs / ".trial_cache.pkl"
-        data = legacy.read_bytes() if legacy.is_file() else b""
+        data = _read(legacy, [], optional=True) or b""
         if not data.startswith(MAGIC):
             return None
         path = legacy
-    if not data.startswith(MAGIC):
-        return None  # NePS's own cache format: the folders are what we check
+    else:
+        data = _read(path, out) or b""
+        if not data.startswith(MAGIC):
+            out.append(Violation("cache framing", str(path), "is not a neps_state journal"))
+            return None
     payloads, end = parse_frames(data, HEADER_SIZE)
     if end != len(data):
         out.append(Violation("cache framing", str(path), f"{len(data) - end} bytes of torn tail"))
@@ -133,10 +191,10 @@ def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
 
 def _read_errors(root: Path, out: list[Violation]) -> list[dict[str, Any]]:
     path = root / "shared_errors.jsonl"
-    if not path.exists():
+    data = _read(path, out, optional=True)
+    if data is None:
         return []
     records = []
-    data = path.read_bytes()
     # NePS writes its last record without a newline: a last line is judged by what it
     # holds (a torn one does not parse), not by its ending.
     for number, line in enumerate(data.splitlines(), start=1):
@@ -145,10 +203,12 @@ def _read_errors(root: Path, out: list[Violation]) -> list[dict[str, Any]]:
         except ValueError as e:
             out.append(Violation("error dump", f"{path}:{number}", _short(e)))
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("trial_id"), str):
-            records.append(rec)
-        else:
-            out.append(Violation("error dump", f"{path}:{number}", "not an object with a trial_id"))
+        try:
+            record_from(path, number, rec)  # NePS's record: its five fields, typed
+        except CorruptedFileError as e:
+            out.append(Violation("error dump", str(path), e.problem))
+            continue
+        records.append(rec)
     return records
 
 
@@ -189,8 +249,13 @@ def _folder_violations(folder: Path, trial: Trial, trials: dict[str, Trial]) -> 
     prev = trial.metadata.previous_trial_id
     if prev is not None and prev not in trials:
         out.append(Violation("previous trial exists", where, f"previous {prev!r} is missing"))
+    elif prev is not None and trials[prev].metadata.time_sampled > trial.metadata.time_sampled:
+        # A continuation (a higher fidelity of a config) is sampled after what it continues.
+        detail = f"continues {prev!r}, which was sampled after it"
+        out.append(Violation("previous trial exists", where, detail))
     prev_file = folder / PREVIOUS_FILE
-    if prev is not None and prev_file.exists() and prev_file.read_text().strip() != prev:
+    written = _read(prev_file, out, optional=True) if prev is not None else None
+    if written is not None and written.decode("utf-8", "replace").strip() != prev:
         out.append(Violation("previous trial exists", str(prev_file), "differs from metadata"))
     return out
 

@@ -10,13 +10,14 @@ cache are only read up to their last complete record, as their format intends.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neps_state import _pickles as pickles
 
 _MAX_PROBLEMS = 20
 
@@ -31,7 +32,7 @@ def _parse_json(data: bytes) -> None:
 
 
 def _parse_pickle(data: bytes) -> None:
-    pickle.loads(data)  # noqa: S301 - the run directory is trusted
+    pickles.loads(data, Path("optimizer_state.pkl"))
 
 
 def _parse_text(data: bytes) -> None:

@@ -72,7 +72,10 @@ class _Budgeted:
         room = self.budget - len(trials)
         if room <= 0:
             return []
-        proposed = self.ask(trials=trials, budget_info=budget_info, n=min(n or 1, room))
+        # One trial is asked for as NePS's runtime does (n=None): some of NePS's
+        # optimizers (the bracket ones) refuse a batch size, even of one.
+        k = min(n or 1, room)
+        proposed = self.ask(trials=trials, budget_info=budget_info, n=None if k == 1 else k)
         return proposed if isinstance(proposed, list) else [proposed]
 
 
@@ -131,6 +134,18 @@ def _result(op: str, value: Any) -> str:
     return "ok"
 
 
+def resolve_optimizer(spec: Any) -> Any:
+    """The ask function: an object, ``"module:attribute"``, or ``"neps:NAME"`` (NePS's own)."""
+    if isinstance(spec, str) and spec.startswith(NEPS_PREFIX):
+        from pytest_neps.upstream import neps_optimizer  # noqa: PLC0415 - needs NePS
+
+        return neps_optimizer(spec[len(NEPS_PREFIX) :])
+    return resolve(spec)
+
+
+NEPS_PREFIX = "neps:"
+
+
 def worker_main(spec: WorkerSpec) -> dict[str, int]:
     """The standard worker loop; returns how many trials this worker evaluated.
 
@@ -140,7 +155,7 @@ def worker_main(spec: WorkerSpec) -> dict[str, int]:
     logging.getLogger("neps_state").setLevel(spec.log_level)
     rec = _Recorder(spec)
     impl = as_impl(spec.impl)
-    ask = _Budgeted(resolve(spec.optimizer), spec.budget)
+    ask = _Budgeted(resolve_optimizer(spec.optimizer), spec.budget)
     fn = resolve(spec.evaluation)
     wid = spec.worker_id
     state: NePSState = rec.run("create", lambda: impl.create(spec.run_dir, settings=spec.settings))

@@ -125,7 +125,9 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a run directory's invariants."""
-    violations: list[Violation] = check_run_dir(Path(args.run_dir))
+    notes: list[str] = []
+    violations: list[Violation] = check_run_dir(Path(args.run_dir), notes=notes)
+    sys.stdout.writelines(f"note: {n}\n" for n in notes)
     for v in violations:
         sys.stdout.write(f"{v}\n")
     if not violations:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from hypothesis import note
 from hypothesis import strategies as st
 
 from neps_state import NePSError, OptimizerInfo, set_fault_hook
+from neps_state import _pickles as pickles
 from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
 from neps_state._records import decode
 from pytest_neps._checker import check_run_dir
@@ -262,7 +262,8 @@ def check_creation(impl: Impl, infos: list[str], pool: Pool) -> None:
         note(f"creators: {list(zip(infos, results, strict=True))}")
         try:
             on_disk = yaml.safe_load((root / "optimizer_info.yaml").read_bytes())
-            pickle.loads((root / "optimizer_state.pkl").read_bytes())  # noqa: S301 - our own run
+            state = root / "optimizer_state.pkl"
+            pickles.loads(state.read_bytes(), state)
         except Exception as e:  # a file that does not parse is the finding
             raise AssertionError(f"the optimizer files are not whole: {e!r}") from e
         winners = {_FAMILY[n] for n, r in zip(infos, results, strict=True) if r == "ok"}

@@ -12,6 +12,8 @@ seed defects D1-D9 in the project's design notes): nothing is fixed here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,97 @@ def _state(state: OptimizationState) -> Any:
         seed_snapshot=SeedSnapshot.new_capture(),
         shared_state=state.shared_state,
     )
+
+
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "lower": 1e-5, "upper": 1e-1, "log": True, "prior": 1e-3},
+    "layers": {"type": "integer", "lower": 1, "upper": 8, "prior": 3},
+    "optimizer": {"type": "categorical", "choices": ["adam", "sgd"], "prior": 0},
+    "epochs": {"type": "integer", "lower": 1, "upper": 9, "fidelity": True},
+}
+"""The toy space of the swarms' evaluations, with a fidelity (``epochs``)."""
+
+
+@dataclass(frozen=True)
+class NePSOptimizer:
+    """A NePS optimizer by name, built in each worker process when first asked.
+
+    Picklable: only the name, the space (a plain mapping, see ``DEFAULT_SPACE``) and
+    the optimizer's keywords travel to worker processes, which need NePS installed.
+    """
+
+    name: str
+    space: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_SPACE)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, trials: Any, budget_info: Any, n: int | None = None) -> Any:
+        """NePS's ask function (built once per process)."""
+        key = (self.name, repr(sorted(self.space.items())), repr(sorted(self.kwargs.items())))
+        ask = _ASKS.get(key)
+        if ask is None:
+            ask = _ASKS[key] = self.build()
+        return ask(trials=trials, budget_info=budget_info, n=n)
+
+    def build(self) -> Any:
+        """NePS's ``load_optimizer`` on the space: the ask function."""
+        from neps.optimizers import load_optimizer  # noqa: PLC0415 - optional dependency
+
+        ask, _ = load_optimizer((self.name, dict(self.kwargs)), pipeline_space(self.space))
+        return ask
+
+
+_ASKS: dict[tuple[str, str, str], Any] = {}
+
+
+def neps_optimizer(
+    name: str, space: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
+) -> NePSOptimizer:
+    """NePS's optimizer ``name`` (``"priorband"``, ...) for a swarm: ``optimizer=`` this.
+
+    ``space`` maps names to ``{"type": "float" | "integer" | "categorical", "lower",
+    "upper", "log", "choices", "prior", "prior_confidence", "fidelity"}``; the default
+    is the swarms' toy space, whose ``epochs`` is a fidelity (so multi-fidelity
+    optimizers continue earlier trials; those that refuse a fidelity get
+    ``ignore_fidelity="highest_fidelity"``), with priors for the prior-based ones
+    (priorband, pibo). ``kwargs`` go to NePS's optimizer.
+    """
+    if space is None:
+        space = DEFAULT_SPACE if name in _PRIORS else _without_priors(DEFAULT_SPACE)
+    if name in _NO_FIDELITY and any(s.get("fidelity") for s in space.values()):
+        kwargs.setdefault("ignore_fidelity", "highest_fidelity")
+    return NePSOptimizer(name, space, kwargs)
+
+
+_NO_FIDELITY = frozenset({"random_search", "bayesian_optimization", "grid_search"})
+"""NePS's optimizers that refuse a fidelity: they sample it at its highest here."""
+_PRIORS = frozenset({"priorband", "pibo"})
+"""NePS's optimizers built on priors: the default space keeps its priors for them only."""
+
+
+def _without_priors(space: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {k: v for k, v in spec.items() if not k.startswith("prior")}
+        for name, spec in space.items()
+    }
+
+
+def pipeline_space(space: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A NePS ``PipelineSpace`` instance from a plain mapping (see :func:`neps_optimizer`)."""
+    import neps  # noqa: PLC0415 - optional dependency
+
+    attrs: dict[str, Any] = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        prior = {k: spec[k] for k in ("prior",) if k in spec}
+        if prior:
+            prior["prior_confidence"] = spec.get("prior_confidence", "medium")
+        if kind == "categorical":
+            attrs[name] = neps.Categorical(list(spec["choices"]), **prior)
+            continue
+        cls = {"float": neps.Float, "integer": neps.Integer}[kind]
+        if spec.get("fidelity"):
+            fidelity = neps.FloatFidelity if kind == "float" else neps.IntegerFidelity
+            attrs[name] = fidelity(spec["lower"], spec["upper"], log=spec.get("log", False))
+        else:
+            attrs[name] = cls(spec["lower"], spec["upper"], log=spec.get("log", False), **prior)
+    return type("SwarmSpace", (neps.PipelineSpace,), attrs)()

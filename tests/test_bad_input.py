@@ -32,6 +32,7 @@ from neps_state import (
     Settings,
     Trial,
     TrialRepo,
+    UnsafeFileError,
 )
 from neps_state._journal import MAGIC
 from pytest_neps._checker import check_run_dir
@@ -248,8 +249,8 @@ def test_damaged_trial_file(run: Run, reader: str, rel: str, damage: Damage, pro
     if rebuild:
         (run.path / CACHE).unlink()
     before = snapshot(run.path)
-    # unsafe_retry_get_trial_by_id retries, then raises a plain NePSError quoting the last one.
-    expected = NePSError if reader == "unsafe_retry_get_trial_by_id" else CorruptedFileError
+    # (unsafe_retry_get_trial_by_id retries first, then raises the same typed error.)
+    expected = CorruptedFileError
     with pytest.raises(expected, match=names(damaged, problem)) as info:
         TRIAL_READERS[reader](run, trial_id)
     assert_typed(info.value, expected)
@@ -299,7 +300,8 @@ def assert_refused(
     before = snapshot(run.path)
     with pytest.raises(CorruptedFileError, match=names(damaged, problem)) as info:
         read(run)
-    assert_typed(info.value, CorruptedFileError)
+    unsafe = problem.startswith("refused to unpickle")
+    assert_typed(info.value, UnsafeFileError if unsafe else CorruptedFileError)
     assert info.value.path == damaged
     assert snapshot(run.path) == before
 
@@ -309,7 +311,16 @@ STATE_CASES = [
     pytest.param(put(b""), "is empty", id="empty"),
     pytest.param(put(b"not a pickle at all"), "does not unpickle", id="garbage"),
     pytest.param(put(pickle.dumps({"budget": None})), "holds a dict, not an Opt", id="wrong-type"),
-    pytest.param(put(b"cno_such_module_xyz\nThing\n."), "does not unpickle", id="unknown-class"),
+    pytest.param(
+        put(b"cno_such_module_xyz\nThing\n."),
+        "refused to unpickle no_such_module_xyz.Thing: not on the allowlist",
+        id="unknown-class",
+    ),
+    pytest.param(
+        put(b"cos\nsystem\n(Vtouch /tmp/neps-canary\ntR."),
+        "refused to unpickle os.system",
+        id="malicious",
+    ),
     pytest.param(remove, "is missing", id="missing"),
     pytest.param(replace_by_dir, "is a directory", id="is-dir"),
 ]
@@ -407,10 +418,21 @@ def test_bad_complete_error_line(run: Run, line: bytes, problem: str, torn_tail:
 
 TORN = [
     pytest.param(lambda b: b + b'{"trial_id": "5", "wor', id="partial-record"),
-    pytest.param(lambda b: b + f'{{{_REC},"tb":null}}'.encode(), id="record-without-newline"),
     pytest.param(lambda b: b[:-10], id="last-line-cut"),
     pytest.param(lambda b: b + b"\x00\x00\x00", id="nul-bytes"),
 ]
+
+
+def test_a_whole_last_record_without_newline_is_kept(run: Run) -> None:
+    # NePS writes its last record so; only a line that is not a whole record is torn.
+    path = run.path / ERRORS
+    path.write_bytes(path.read_bytes() + f'{{{_REC},"tb":null}}'.encode())
+    before = snapshot(run.path)
+    errs = run.state.lock_and_get_errors().errs
+    assert errs[:-1] == run.errors
+    assert (errs[-1].trial_id, errs[-1].err) == ("3", "bang")
+    assert snapshot(run.path) == before
+    assert not list(run.path.glob(f"{ERRORS}.torn-*"))
 
 
 @pytest.mark.parametrize("damage", TORN)

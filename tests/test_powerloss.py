@@ -302,3 +302,28 @@ def test_a_journal_under_the_old_name_is_moved_and_a_neps_cache_left_alone(
     third = NePSState.create_or_load(run_dir, load_only=True, settings=FSYNC)
     assert sorted(third.lock_and_read_trials()) == ["0"]
     assert (configs / ".trial_cache.pkl").read_bytes() == neps_cache
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"lr": 0.1, "layers": [1, 2, (3, 4)], "nested": {"a": {"b": None}}},
+        {1: "int key", (2, 3): "tuple key", "\x00odd": "a NUL key"},
+        {"when": __import__("datetime").datetime(2026, 1, 2, 3, 4, 5), "raw": b"\x00\xff"},
+        {"nan": float("nan"), "inf": float("inf"), "neg": -0.0, "big": 2**70},
+    ],
+    ids=["nested", "odd-keys", "dates-bytes", "floats"],
+)
+def test_every_yaml_safe_config_round_trips_through_the_journal(
+    run_dir: Path, config: dict[object, object]
+) -> None:
+    from neps_state import SampledConfig  # noqa: PLC0415
+
+    state = make_state(run_dir)
+    state.lock_and_sample_trial(
+        lambda **_: SampledConfig(id="x", config=config),
+        worker_id="w0",  # type: ignore[arg-type]
+    )
+    written = state.lock_and_read_trials()["x"].config
+    again = NePSState(run_dir, OS).lock_and_read_trials()["x"].config  # decoded from the journal
+    assert pickle.dumps(again) == pickle.dumps(written)

@@ -6,10 +6,13 @@ without it they skip saying so. The project's tests run them where it is install
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pytest_neps._checker import check_run_dir
 from pytest_neps._swarm import run_swarm
 
 pytest.importorskip(
@@ -18,6 +21,8 @@ pytest.importorskip(
 )
 
 UPSTREAM = "pytest_neps.upstream:UpstreamNePSState"
+DATA = Path(__file__).parent / "data"
+NEPS_RUN = DATA / "neps-0.17-run"
 
 
 def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
@@ -35,3 +40,11 @@ def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
     )
     result.assert_consistent()
     assert result.cycles == 30
+
+
+def test_a_run_real_neps_workers_write_is_clean(tmp_path: Path) -> None:
+    run = tmp_path / "neps-run"
+    script = DATA / "make_neps_run.py"
+    subprocess.run([sys.executable, str(script), str(run)], check=True, capture_output=True)
+    assert len(list((run / "configs").glob("config_*"))) >= 14
+    assert check_run_dir(run) == []
