@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from neps_state._errors import SettingsError
 
@@ -27,8 +27,6 @@ Durability = Literal["fsync", "os"]
 
 ENV_PREFIX = "NEPS_STATE_"
 LOCK_TIMEOUT_ENV = ENV_PREFIX + "LOCK_TIMEOUT"
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,12 @@ placed.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 S = TypeVar("S", bound=Hashable)
-K = TypeVar("K", bound=Hashable)
 
 __all__ = [
     "Event",
@@ -30,7 +28,6 @@ __all__ = [
     "NePSModelState",
     "Verdict",
     "check",
-    "check_partitioned",
     "format_event",
     "format_history",
 ]
@@ -289,60 +286,6 @@ def check(history: Sequence[Event], model: Model[S], *, max_states: int = 1_000_
     state) pairs are explored, the verdict is ``ok=False, abandoned=True``.
     """
     return _Search(history, model, max_states).run()
-
-
-def check_partitioned(
-    history: Sequence[Event],
-    model_for: Callable[[K], Model[Any]],
-    key: Callable[[Event], K],
-    *,
-    max_states: int = 1_000_000,
-) -> Verdict:
-    """Check each partition of the history (by ``key``) against its own model.
-
-    Valid only when the model is a product of independent per-key models
-    (linearizability is local, Herlihy & Wing). Returns the first failing
-    partition's verdict (in order of first invocation), else an ok verdict whose
-    order merges the per-partition witnesses consistently with real time.
-    """
-    parts: dict[K, list[Event]] = {}
-    for e in sorted(history, key=lambda e: e.invoke):
-        parts.setdefault(key(e), []).append(e)
-    orders: list[list[Event]] = []
-    states = 0
-    for k, events in parts.items():
-        verdict = check(events, model_for(k), max_states=max_states)
-        states += verdict.states
-        if not verdict.ok:
-            return replace(verdict, explanation=f"partition {k!r}: {verdict.explanation}")
-        orders.append(verdict.order or [])
-    merged = _merge(orders)
-    return Verdict(ok=True, order=merged, explanation="linearizable", states=states)
-
-
-def _merge(orders: list[list[Event]]) -> list[Event]:
-    """Interleave per-partition linearizations so that real-time order holds too."""
-    pending: list[tuple[int, int, int]] = []  # (complete, part, position) of unplaced events
-    for p, order in enumerate(orders):
-        for pos, e in enumerate(order):
-            if e.complete is not None:
-                heapq.heappush(pending, (e.complete, p, pos))
-    heads = [0] * len(orders)
-    out: list[Event] = []
-    total = sum(len(o) for o in orders)
-    while len(out) < total:
-        while pending and heads[pending[0][1]] > pending[0][2]:
-            heapq.heappop(pending)  # already placed
-        horizon = pending[0][0] if pending else math.inf
-        ready = [
-            p for p, o in enumerate(orders) if heads[p] < len(o) and o[heads[p]].invoke <= horizon
-        ]
-        if not ready:  # impossible by locality; keep per-partition order regardless
-            ready = [p for p, o in enumerate(orders) if heads[p] < len(o)]
-        p = min(ready, key=lambda p: orders[p][heads[p]].invoke)
-        out.append(orders[p][heads[p]])
-        heads[p] += 1
-    return out
 
 
 # -- the NePS model ---------------------------------------------------------------

@@ -193,21 +193,7 @@ class TrustsDerivedFiles(NePSState):
         return
 
 
-CONTROLS: dict[str, type[NePSState]] = {
-    "unlocked-sampling": UnlockedSampling,
-    "in-place-writes": InPlaceWrites,
-    "unlocked-create": UnlockedCreate,
-    "stale-cache-read": StaleCacheRead,
-    "lossy-consolidation": LossyConsolidation,
-    "empty-after-cache-loss": EmptyAfterCacheLoss,
-    "no-crash-recovery": NoCrashRecovery,
-    "skips-journal-fsync": SkipsJournalFsync,
-    "trusts-derived-files": TrustsDerivedFiles,
-}
-"""Every negative control by name."""
-
 __all__ = [
-    "CONTROLS",
     "EmptyAfterCacheLoss",
     "InPlaceWrites",
     "LossyConsolidation",

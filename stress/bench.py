@@ -1,6 +1,6 @@
 """Benchmark neps_state against Optuna's journal: ``python stress/bench.py --help``.
 
-Same options as ``neps-state bench``; see ``pytest_neps._bench``.
+Same options as ``neps-state bench``; see ``pytest_neps.bench``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import INFO, new_opt_state
+from neps_test_helpers import INFO, new_opt_state, run_cycle
 
 from neps_state import (
     NePSError,
@@ -69,8 +69,6 @@ def store_same_id_rounds(root: Path, rounds: int, barrier: Any, impl: str) -> li
 
 def cycles_with_handle(state: NePSState, n: int) -> list[str]:
     """Use a handle that was pickled into this process."""
-    from conftest import run_cycle  # noqa: PLC0415
-
     return [run_cycle(state, f"child-{os.getpid()}").id for _ in range(n)]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import INFO, make_state, new_opt_state, run_cycle, tree_digest
+from neps_test_helpers import INFO, make_state, new_opt_state, run_cycle, tree_digest
 
 from neps_state import (
     CorruptedFileError,

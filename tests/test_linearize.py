@@ -18,7 +18,6 @@ from pytest_neps._linearize import (
     NePSModel,
     Verdict,
     check,
-    check_partitioned,
     format_history,
 )
 
@@ -234,55 +233,6 @@ def test_format_history() -> None:
     assert "read() -> 1  [2.5, 3.0] us" in lines[1]
     assert "write(2) -> ? (killed)  [4.0, -] us" in lines[2]
     assert format_history([]) == "(empty history)"
-
-
-@dataclass(frozen=True)
-class _KeyedRegister:
-    """The register model for the events of one key (args[0] is the key)."""
-
-    def init(self) -> int:
-        return 0
-
-    def step(self, state: int, event: Event) -> Iterable[int]:
-        inner = replace(event, args=event.args[1:])
-        return Register().step(state, inner)
-
-
-class _Registers:
-    """Many registers as one product model (to check partitioning against)."""
-
-    def init(self) -> tuple[tuple[str, int], ...]:
-        return ()
-
-    def step(self, state: tuple[tuple[str, int], ...], event: Event) -> Iterable[Any]:
-        values = dict(state)
-        key = event.args[0]
-        for nxt in _KeyedRegister().step(values.get(key, 0), event):
-            yield tuple(sorted({**values, key: nxt}.items()))
-
-
-def _two_registers(bad: bool) -> list[Event]:
-    return [
-        ev("a", "write", ("x", 1), None, 0, 10),
-        ev("b", "write", ("y", 2), None, 5, 30),
-        ev("c", "read", ("y",), 2, 35, 40),
-        ev("a", "read", ("x",), 0 if bad else 1, 20, 50),
-        ev("b", "write", ("x", 3), None, 60, None),
-        ev("c", "read", ("x",), 3, 70, 80),
-    ]
-
-
-def test_check_partitioned_agrees_with_product_model() -> None:
-    good = _two_registers(bad=False)
-    verdict = check_partitioned(good, lambda _k: _KeyedRegister(), key=lambda e: e.args[0])
-    assert_witness(good, verdict, _Registers())
-    assert check(good, _Registers()).ok
-
-    bad = _two_registers(bad=True)
-    verdict = check_partitioned(bad, lambda _k: _KeyedRegister(), key=lambda e: e.args[0])
-    assert not verdict.ok
-    assert verdict.explanation.startswith("partition 'x':")
-    assert not check(bad, _Registers()).ok
 
 
 # -- (b) the NePS model -----------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from _targets import cycles_with_handle
-from conftest import make_state, run_cycle
+from neps_test_helpers import INFO, make_state, new_opt_state, run_cycle
 
 from neps_state import LockTimeoutError, NePSState, Settings, SettingsError
 from neps_state._journal import Journal
@@ -205,8 +205,6 @@ def test_state_reads_settings_from_environment(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NEPS_STATE_CONSOLIDATION_LIMIT", "3")
-    from conftest import INFO, new_opt_state  # noqa: PLC0415
-
     state = NePSState.create_or_load(run_dir, optimizer_info=INFO, optimizer_state=new_opt_state())
     assert state.settings.consolidation_limit == 3
     assert pickle.loads(pickle.dumps(state)).settings.consolidation_limit == 3

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import completed, make_state, run_cycle
+from neps_test_helpers import completed, make_state, run_cycle
 
 from neps_state import NePSState, SampledConfig, Settings
 from pytest_neps._checker import check_run_dir

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import make_state, run_cycle
+from neps_test_helpers import make_state, run_cycle
 
 from neps_state import CorruptedFileError, NePSState, Settings
 from neps_state import _io as io

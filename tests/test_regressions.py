@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _targets import create_rounds, store_same_id_rounds
-from conftest import INFO, make_state, run_cycle
+from neps_test_helpers import INFO, make_state, run_cycle
 
 from neps_state import (
     CorruptedFileError,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from _targets import hold_spares
-from conftest import completed, make_state, run_cycle, tree_digest
+from neps_test_helpers import completed, make_state, run_cycle, tree_digest
 
 import neps_state._spare as spare_module
 from neps_state import IllegalTransitionError, NePSState, SampledConfig, Trial
@@ -196,7 +196,7 @@ def test_a_forked_child_leaves_its_parents_spares_alone(tmp_path: Path) -> None:
         f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from conftest import make_state
+        from neps_test_helpers import make_state
         from pathlib import Path
         state = make_state(Path({str(tmp_path / "run")!r}))
         spare = state._state_spare

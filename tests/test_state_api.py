@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import INFO, make_state, new_opt_state, run_cycle
+from neps_test_helpers import INFO, make_state, new_opt_state, run_cycle
 
 from neps_state import (
     BudgetInfo,

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import make_state, run_cycle
+from neps_test_helpers import make_state, run_cycle
 
 from neps_state import (
     CorruptedFileError,

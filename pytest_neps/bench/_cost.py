@@ -147,13 +147,19 @@ class _Ours(_Runner):
         return (time.perf_counter_ns() - start) / 1e6
 
     def cycles_between_consolidations(self) -> float | None:
-        """Cycles from one cache rewrite to the next at the current size (None: never)."""
+        """Cycles from one cache rewrite to the next at the current size, by record count.
+
+        An upper bound: the journal is also rewritten when its tail outgrows a byte
+        bound (``TrialRepo._maybe_consolidate``), which large runs reach sooner.
+        None: the record count alone never triggers a rewrite.
+        """
         s = self.settings
         spare = RECORDS_PER_CYCLE - s.consolidation_ratio
         if spare <= 0:
             return None
-        # After a rewrite the journal holds 1 record; after k cycles 1 + 3k records
-        # and count + k trials; it is rewritten when the records exceed both bounds.
+        # After a rewrite the journal holds 1 record; after k cycles it holds
+        # 1 + RECORDS_PER_CYCLE * k records and count + k trials, and the record count
+        # triggers a rewrite once it exceeds both the limit and ratio x trials.
         k = max(
             (s.consolidation_limit - 1) / RECORDS_PER_CYCLE,
             (s.consolidation_ratio * self.count - 1) / spare,
