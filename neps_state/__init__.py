@@ -1,18 +1,24 @@
 """neps_state: the reference shared state of a NePS run: atomic, crash-safe, race-free."""
 
-from neps_state._errdump import ErrDump, SerializableTrialError, SerializedError
+from neps_state._errdump import ErrDump, SerializableTrialError
 from neps_state._errors import (
     CorruptedFileError,
+    ForeignCacheError,
     IllegalTransitionError,
+    InvalidReportError,
+    InvalidSampleError,
     InvalidTrialIdError,
     LockTimeoutError,
     NePSError,
     NotARunDirectoryError,
     OptimizerInfoMismatchError,
+    SerializedError,
     SettingsError,
     TrialAlreadyExistsError,
     TrialNotFoundError,
     UnsafeFileError,
+    UnsafePermissionsError,
+    UsageError,
 )
 from neps_state._io import FAULT_POINTS, set_fault_hook
 from neps_state._optimizer import (
@@ -23,10 +29,9 @@ from neps_state._optimizer import (
     SampledConfig,
     SeedSnapshot,
 )
-from neps_state._permissions import UnsafePermissionsError
 from neps_state._repo import TrialRepo
 from neps_state._settings import Settings
-from neps_state._state import InvalidSampleError, NePSState
+from neps_state._state import NePSState
 from neps_state._trial import Trial, validate_trial_id
 from neps_state._trialfiles import TrialWriteHint
 
@@ -36,7 +41,9 @@ __all__ = [
     "BudgetInfo",
     "CorruptedFileError",
     "ErrDump",
+    "ForeignCacheError",
     "IllegalTransitionError",
+    "InvalidReportError",
     "InvalidSampleError",
     "InvalidTrialIdError",
     "LockTimeoutError",
@@ -59,6 +66,7 @@ __all__ = [
     "TrialWriteHint",
     "UnsafeFileError",
     "UnsafePermissionsError",
+    "UsageError",
     "set_fault_hook",
     "validate_trial_id",
 ]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from neps_state._errors import CorruptedFileError, NePSError
+from neps_state._errors import CorruptedFileError, SerializedError
 from neps_state._io import (
     create,
     dump_json,
@@ -32,10 +32,6 @@ from neps_state._io import (
 from neps_state._locks import FileLocker
 
 logger = logging.getLogger(__name__)
-
-
-class SerializedError(NePSError):
-    """An error from another worker, rebuilt from its stored text."""
 
 
 @dataclass

@@ -19,6 +19,42 @@ class SettingsError(NePSError, ValueError):
     """An environment variable or setting has an invalid value."""
 
 
+class UsageError(NePSError, ValueError):
+    """A call that cannot be acted on as given: missing or contradictory arguments."""
+
+
+class InvalidSampleError(NePSError, ValueError):
+    """The optimizer returned something that is not a valid sample."""
+
+
+class InvalidReportError(UsageError):
+    """A report's field has a value a trial cannot store (``set_complete``)."""
+
+    def __init__(self, trial_id: str, field: str, value: object, problem: str) -> None:
+        super().__init__(trial_id, field, value, problem)
+        self.trial_id = trial_id
+        self.field = field
+        self.value = value
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.trial_id, self.field, self.value, self.problem))
+
+    def __str__(self) -> str:
+        return (
+            f"Trial {self.trial_id!r}: {self.field}={self.value!r} cannot be reported:"
+            f" {self.problem}."
+        )
+
+
+class SerializedError(NePSError):
+    """An error from another worker, rebuilt from its stored text."""
+
+
+class ForeignCacheError(NePSError):
+    """The cache file exists but is not one of our journals (e.g. NePS's own cache)."""
+
+
 class TrialNotFoundError(NePSError, KeyError):
     """No trial with this id exists in the run directory."""
 
@@ -173,4 +209,23 @@ class LockTimeoutError(NePSError, TimeoutError):
             " releases its locks at once). To wait longer, set the environment"
             f" variable {self.env_var} (seconds, or 'none' to wait forever) or pass"
             " Settings(lock_timeout=...)."
+        )
+
+
+class UnsafePermissionsError(NePSError, PermissionError):
+    """The run directory can be changed by other users, and strict permissions were asked."""
+
+    def __init__(self, risks: list[str]) -> None:
+        super().__init__(risks)
+        self.risks = risks
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.risks,))
+
+    def __str__(self) -> str:
+        return (
+            "Other users can change this run directory: "
+            + "; ".join(self.risks)
+            + " (refused because NEPS_STATE_STRICT_PERMISSIONS or"
+            " Settings(strict_permissions=True) asks it)"
         )

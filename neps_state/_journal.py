@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neps_state._errors import CorruptedFileError, NePSError
+from neps_state._errors import CorruptedFileError, ForeignCacheError, NePSError
 from neps_state._io import (
     MAX_FILE_BYTES,
     fault_point,
@@ -74,10 +74,6 @@ class ReadResult:
     payloads: list[bytes]
     reset: bool
     bad_tail: bytes
-
-
-class ForeignCacheError(NePSError):
-    """The cache file exists but is not one of our journals (e.g. NePS's own cache)."""
 
 
 class Journal:

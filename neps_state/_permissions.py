@@ -14,29 +14,11 @@ import os
 import stat
 from pathlib import Path
 
-from neps_state._errors import NePSError
+from neps_state._errors import UnsafePermissionsError
 
 logger = logging.getLogger(__name__)
 
 STRICT_ENV = "NEPS_STATE_STRICT_PERMISSIONS"
-
-
-class UnsafePermissionsError(NePSError, PermissionError):
-    """The run directory can be changed by other users, and strict permissions were asked."""
-
-    def __init__(self, risks: list[str]) -> None:
-        super().__init__(risks)
-        self.risks = risks
-
-    def __reduce__(self) -> tuple[type[UnsafePermissionsError], tuple[list[str]]]:
-        return (type(self), (self.risks,))
-
-    def __str__(self) -> str:
-        return (
-            "Other users can change this run directory: "
-            + "; ".join(self.risks)
-            + f" (refused because {STRICT_ENV} or Settings(strict_permissions=True) asks it)"
-        )
 
 
 def risks(root: Path, folders: tuple[str, ...] = ("", "configs")) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from neps_state import _pickles
-from neps_state._errors import CorruptedFileError
+from neps_state._errors import CorruptedFileError, UsageError
 from neps_state._trial import Trial
 from neps_state._trialfiles import metadata_from, report_from
 
@@ -112,7 +112,7 @@ def _tagged(value: Any) -> dict[str, str]:
         return {_DATE: value.isoformat()}
     if isinstance(value, bytes):
         return {_BYTES: base64.b64encode(value).decode("ascii")}
-    raise ValueError(f"a {type(value).__name__} cannot be stored in a trial: {value!r}")
+    raise UsageError(f"a {type(value).__name__} cannot be stored in a trial: {value!r}")
 
 
 def _untag(obj: dict[str, Any]) -> Any:

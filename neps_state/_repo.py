@@ -36,9 +36,12 @@ from typing import Any, ClassVar
 from neps_state._errdump import ErrorLog, SerializableTrialError
 from neps_state._errors import (
     CorruptedFileError,
+    ForeignCacheError,
+    IllegalTransitionError,
     InvalidTrialIdError,
     TrialAlreadyExistsError,
     TrialNotFoundError,
+    UsageError,
 )
 from neps_state._index import TrialIndex
 from neps_state._intent import UNREADABLE, Intent, IntentFile
@@ -58,7 +61,7 @@ from neps_state._io import (
     unlink,
     write_atomic,
 )
-from neps_state._journal import HEADER_SIZE, MAGIC, ForeignCacheError, Journal, ReadResult
+from neps_state._journal import HEADER_SIZE, MAGIC, Journal, ReadResult
 from neps_state._optimizer import OptimizationState, adopt_state
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
@@ -112,7 +115,10 @@ class Repair:
 def _own_copy(trial: Trial) -> Trial:
     """A deep-enough copy in plain types, so callers can't mutate what we store."""
     if not isinstance(trial.metadata.state, State):
-        raise TypeError(f"Trial {trial.id!r}: metadata.state must be a Trial.State")
+        raise UsageError(
+            f"Trial {trial.id!r}: metadata.state must be a Trial.State,"
+            f" not {trial.metadata.state!r}"
+        )
     report = trial.report
     if report is not None:
         report = Report(**{**report.__dict__, **to_plain({"extra": report.extra})})
@@ -642,7 +648,7 @@ class TrialRepo:
         if old is None:
             raise TrialNotFoundError(trial.id, path)
         if prepared is not None and prepared.trial.id != trial.id:
-            raise ValueError(f"prepared for trial {prepared.trial.id!r}, not {trial.id!r}")
+            raise UsageError(f"prepared for trial {prepared.trial.id!r}, not {trial.id!r}")
         new = _own_copy(trial) if prepared is None else prepared.trial
         check_transition(old, new)
         if not is_real_dir(path):
@@ -654,7 +660,7 @@ class TrialRepo:
         temps = {} if prepared is None else prepared.temps
         line = None if error is None else error.to_line()
         if line is not None and self.errors is None:
-            raise ValueError("this TrialRepo has no error log to record the error in")
+            raise UsageError("this TrialRepo has no error log to record the error in")
         errors = self.errors if line is not None else None
         with errors.lock.lock() if errors is not None else contextlib.nullcontext():
             if errors is not None:
@@ -859,9 +865,11 @@ def _legal_successor(configs: Path, trial: Trial) -> Trial | None:
 def _check_consistent(trial: Trial) -> None:
     state = trial.metadata.state
     if state.is_finished and trial.report is None:
-        raise ValueError(f"Trial {trial.id!r} is {state.value} but has no report")
+        raise IllegalTransitionError(
+            trial.id, "new", state.value, "a finished trial needs a report"
+        )
     if state is State.PENDING and trial.report is not None:
-        raise ValueError(f"Trial {trial.id!r} is pending but has a report")
+        raise IllegalTransitionError(trial.id, "new", state.value, "a pending trial has no report")
 
 
 def _reopen(cls: type[TrialRepo], directory: Path, options: dict[str, Any]) -> TrialRepo:

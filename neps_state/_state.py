@@ -18,10 +18,11 @@ from neps_state._errdump import ErrDump, ErrorLog, SerializableTrialError
 from neps_state._errors import (
     CorruptedFileError,
     IllegalTransitionError,
-    NePSError,
+    InvalidSampleError,
     NotARunDirectoryError,
     OptimizerInfoMismatchError,
     TrialNotFoundError,
+    UsageError,
 )
 from neps_state._io import (
     dump_yaml,
@@ -55,10 +56,6 @@ OPTIMIZER_STATE_FILE = "optimizer_state.pkl"
 SHARED_ERRORS_FILE = "shared_errors.jsonl"
 CONFIGS_DIR = "configs"
 N_UNSAFE_RETRIES = 10
-
-
-class InvalidSampleError(NePSError, ValueError):
-    """The optimizer returned something that is not a valid sample."""
 
 
 def _as_sample(obj: object, index: int, count: int) -> SampledConfig:
@@ -160,6 +157,11 @@ class NePSState:
     # -- creation -----------------------------------------------------------------
 
     @classmethod
+    def load(cls, path: Path | str, *, settings: Settings | None = None) -> NePSState:
+        """Open the existing run at ``path``; ``NotARunDirectoryError`` if there is none."""
+        return cls.create_or_load(path, load_only=True, settings=settings)
+
+    @classmethod
     def create_or_load(
         cls,
         path: Path | str,
@@ -182,7 +184,10 @@ class NePSState:
             if not (root / OPTIMIZER_INFO_FILE).exists():
                 raise NotARunDirectoryError(root, f"it has no {OPTIMIZER_INFO_FILE}")
         elif optimizer_info is None or optimizer_state is None:
-            raise ValueError("create_or_load needs optimizer_info and optimizer_state to create")
+            raise UsageError(
+                f"create_or_load({str(root)!r}) needs optimizer_info and optimizer_state to"
+                " create a run; to open an existing run only, use NePSState.load(path)"
+            )
         root.parent.mkdir(parents=True, exist_ok=True)
         mkdir(root, exist_ok=True)
         state = cls(root, Settings.from_env() if settings is None else settings)
@@ -485,8 +490,11 @@ class NePSState:
         if new.metadata.state is State.EVALUATING:
             new.metadata.state = reported
         elif new.metadata.state is not reported:
-            raise ValueError(
-                f"Trial {trial.id!r} is {new.metadata.state.value} but reported as {reported.value}"
+            raise IllegalTransitionError(
+                trial.id,
+                new.metadata.state.value,
+                reported.value,
+                "the trial object given is not evaluating",
             )
         error = None
         if report.err is not None:
@@ -511,6 +519,15 @@ class NePSState:
                         current.metadata.state.value,
                         reported.value,
                         "it is not being evaluated",
+                    )
+                owner = None if current is None else current.metadata.evaluating_worker_id
+                if owner is not None and owner != str(worker_id):
+                    # The same refusal as put_updated_trial's takeover of a claim.
+                    raise IllegalTransitionError(
+                        trial.id,
+                        State.EVALUATING.value,
+                        reported.value,
+                        f"already evaluated by worker {owner!r}, not {str(worker_id)!r}",
                     )
                 self._trial_repo.update_trial(new, hints=hints, error=error, prepared=prepared)
         finally:

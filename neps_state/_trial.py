@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from neps_state._errors import IllegalTransitionError, InvalidTrialIdError
+from neps_state._errors import (
+    IllegalTransitionError,
+    InvalidReportError,
+    InvalidTrialIdError,
+    UsageError,
+)
 
 ReportAs = Literal["success", "failed", "crashed"]
 
@@ -75,7 +81,7 @@ def check_transition(old: Trial, new: Trial) -> None:
         raise IllegalTransitionError(new.id, a.value, b.value, "not a legal state change")
     if (
         a is State.EVALUATING
-        and b is State.EVALUATING
+        and (b is State.EVALUATING or b.is_finished)
         and old.metadata.evaluating_worker_id != new.metadata.evaluating_worker_id
     ):
         raise IllegalTransitionError(
@@ -144,7 +150,7 @@ class Report:
         if isinstance(self.err, str):
             self.err = Exception(self.err)
         if self.reported_as not in ("success", "failed", "crashed"):
-            raise ValueError(
+            raise UsageError(
                 f"reported_as must be success, failed or crashed: {self.reported_as!r}"
             )
 
@@ -262,7 +268,26 @@ class Trial:
         extra: Mapping[str, Any] | None,
         evaluation_duration: float | None,
     ) -> _Report:
-        """Set the final state and end time; return the report (not yet attached)."""
+        """Set the final state and end time; return the report (not yet attached).
+
+        A value a trial cannot store (``time_end=...``, an objective that is text)
+        raises ``InvalidReportError`` naming the field, and changes nothing.
+        """
+        if report_as not in ("success", "failed", "crashed"):
+            raise InvalidReportError(
+                self.id, "report_as", report_as, "expected 'success', 'failed' or 'crashed'"
+            )
+        _check_number(self.id, "time_end", time_end, optional=False)
+        _check_number(self.id, "cost", cost)
+        _check_number(self.id, "evaluation_duration", evaluation_duration)
+        _check_numbers(self.id, "objective_to_minimize", objective_to_minimize)
+        _check_numbers(self.id, "learning_curve", learning_curve, depth=2)
+        if extra is not None and not isinstance(extra, Mapping):
+            raise InvalidReportError(self.id, "extra", extra, "expected a mapping or None")
+        if err is not None and not isinstance(err, BaseException | str):
+            raise InvalidReportError(self.id, "err", err, "expected an exception or None")
+        if tb is not None and not isinstance(tb, str):
+            raise InvalidReportError(self.id, "tb", tb, "expected a str or None")
         report = Report(
             objective_to_minimize=_floats(objective_to_minimize),
             cost=None if cost is None else float(cost),
@@ -295,6 +320,34 @@ class Trial:
             time_sampled=m.time_sampled,
         )
         self.report = None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_number(trial_id: str, name: str, value: object, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not _is_number(value):
+        expected = "a number or None" if optional else "a number (e.g. time.time())"
+        raise InvalidReportError(trial_id, name, value, f"expected {expected}")
+
+
+def _numeric(value: object, depth: int) -> bool:
+    if _is_number(value):
+        return True
+    return (
+        depth > 0 and isinstance(value, list | tuple) and all(_numeric(v, depth - 1) for v in value)
+    )
+
+
+def _check_numbers(trial_id: str, name: str, value: object, *, depth: int = 1) -> None:
+    """``value`` is None, a number, or a list of them (nested up to ``depth`` deep)."""
+    if value is not None and not _numeric(value, depth):
+        raise InvalidReportError(
+            trial_id, name, value, "expected a number, a list of numbers or None"
+        )
 
 
 def _floats(value: Any) -> Any:

@@ -12,7 +12,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from neps_state._errors import CorruptedFileError, InvalidTrialIdError, TrialNotFoundError
+from neps_state._errors import (
+    CorruptedFileError,
+    InvalidTrialIdError,
+    TrialNotFoundError,
+    UsageError,
+)
 from neps_state._io import dump_json, dump_yaml, is_real_dir, load_json, load_yaml
 from neps_state._trial import MetaData, Report, State, Trial, validate_trial_id
 
@@ -46,7 +51,7 @@ def normalize_hints(hints: Iterable[str] | str | None) -> tuple[str, ...]:
     names = [hints] if isinstance(hints, str) else list(hints)
     unknown = [h for h in names if h not in HINTS]
     if unknown:
-        raise ValueError(f"Unknown write hint(s) {unknown}; expected some of {sorted(HINTS)}")
+        raise UsageError(f"Unknown write hint(s) {unknown}; expected some of {sorted(HINTS)}")
     return tuple(f for h in names for f in _FILES_OF_HINT[h])
 
 

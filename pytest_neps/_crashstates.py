@@ -52,6 +52,7 @@ from pytest_neps._checker import check_run_dir
 from pytest_neps._fsmodel import FsOp, Recorder, Tree
 from pytest_neps._impl import DEFAULT_INFO, Impl, as_impl
 from pytest_neps._optimizers import random_search
+from pytest_neps._reference import REFERENCE
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def _half(op: FsOp) -> FsOp:
 
 
 def enumerate_and_check(
-    impl: Any = "neps_state:NePSState",
+    impl: Any = REFERENCE,
     *,
     settings: Settings | None = None,
     steps: list[str] | None = None,

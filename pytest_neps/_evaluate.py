@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import traceback
 import zlib
@@ -13,6 +14,10 @@ from typing import Any
 
 class EvaluationFailedError(Exception):
     """Raise from an evaluation function to report the trial as *failed* (not crashed)."""
+
+
+class BadResultError(EvaluationFailedError):
+    """An evaluation function returned something that is not a result (the trial fails)."""
 
 
 def quadratic(config: Mapping[str, Any]) -> float:
@@ -67,10 +72,29 @@ def evaluate(fn: Callable[[Mapping[str, Any]], Any], config: Mapping[str, Any]) 
         )
     duration = time.perf_counter() - start
     if isinstance(value, Mapping):
-        return Outcome(
-            "success",
-            objective=value.get("objective_to_minimize"),
-            cost=value.get("cost"),
-            duration=duration,
+        objective, cost = value.get("objective_to_minimize"), value.get("cost")
+    else:
+        objective, cost = value, duration
+    problem = _bad_result(objective, cost)
+    if problem is not None:
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        err = BadResultError(f"{name} returned {value!r}: {problem}")
+        return Outcome("failed", err=err, tb=None, duration=duration)
+    return Outcome("success", objective=objective, cost=cost, duration=duration)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _bad_result(objective: object, cost: object) -> str | None:
+    """What is wrong with an evaluation's result, or None when a trial can store it."""
+    many = isinstance(objective, list | tuple) and all(_is_number(x) for x in objective)
+    if not (_is_number(objective) or (many and objective)):
+        return (
+            "expected a number, a list of numbers, or a mapping whose"
+            " 'objective_to_minimize' is one"
         )
-    return Outcome("success", objective=float(value), cost=duration, duration=duration)
+    if cost is not None and not _is_number(cost):
+        return "'cost' must be a number or None"
+    return None

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot, Settings
+from pytest_neps._reference import REFERENCE
 
-REFERENCE = "neps_state:NePSState"
 DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"loop": "claim-or-sample"})
 """The optimizer info of every run the harness creates (fixtures, swarms, machines)."""
 

@@ -13,6 +13,8 @@ swarm then stops, and whoever cut the power checks what the next boot finds.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import math
 import random
@@ -33,10 +35,11 @@ from neps_state import (
 )
 from pytest_neps._checker import Violation, check_run_dir
 from pytest_neps._history import Kill, Op, merge, read_history
-from pytest_neps._impl import as_impl, state_of
+from pytest_neps._impl import as_impl, resolve, state_of
 from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
-from pytest_neps._worker import KillPlan, WorkerSpec, worker_main
+from pytest_neps._reference import REFERENCE
+from pytest_neps._worker import NEPS_PREFIX, KillPlan, WorkerSpec, worker_main
 
 _REPORTED = ("success", "failed", "crashed")
 
@@ -110,25 +113,49 @@ class LocalLauncher:
 
 @dataclass
 class SwarmConfig:
-    """What a swarm runs: how many workers, how many trials, which code, which faults."""
+    """What a swarm runs: how many workers, how many trials, which code, which faults.
+
+    Code is given as an object or as ``"module:attribute"`` (imported in every
+    worker process, and once in the parent first, to fail early).
+    """
 
     workers: int = 4
+    """Worker processes running at once (a killed one is replaced)."""
     trials: int = 100
+    """The trial budget: the run ends when this many trials are sampled and evaluated."""
     optimizer: Any = "pytest_neps._optimizers:random_search"
+    """The ask function ``(trials, budget_info, n=None) -> SampledConfig(s)``, or
+    ``"neps:NAME"`` for one of NePS's optimizers (the ``neps`` extra)."""
     evaluation: Any = "pytest_neps._evaluate:quadratic"
-    impl: Any = "neps_state:NePSState"
+    """``config -> number`` (or a mapping with ``objective_to_minimize``, ``cost``);
+    raising is a crashed trial, ``EvaluationFailedError`` a failed one."""
+    impl: Any = REFERENCE
+    """The state implementation: a class with NePS's API or an ``Impl``."""
     batch: int = 1
+    """Trials per sample: 1 samples a trial already claimed; more stores them pending."""
     observers: int = 0
+    """Lock-free reader processes that check no file is ever seen half-written."""
     kill_after: int | None = None
+    """SIGKILL every worker (originals and replacements) after this many operations."""
     kill_rate: float = 0.0
+    """Probability, per operation, that the worker is SIGKILLed there (and replaced)."""
     kill_every: float | None = None
+    """Also SIGKILL a random worker from outside every this many seconds (on average)."""
     kill_points: tuple[str, ...] = ()
+    """Fault points (``neps_state.FAULT_POINTS``) a planned kill may happen at, instead of
+    after an operation; empty: kills happen between operations only."""
     max_kills: int | None = None
+    """Stop killing after this many kills."""
     seed: int = 0
+    """Seeds the kill plans and the observers."""
     timeout: float = 120.0
+    """Hard wall-clock limit in seconds: every worker is killed and the swarm fails."""
     start_method: str = "spawn"
+    """How worker processes start: ``spawn``, ``forkserver`` or ``fork``."""
     settings: Settings = field(default_factory=lambda: Settings(durability="os"))
+    """Settings of the reference state, passed to workers as ``NEPS_STATE_*`` variables."""
     worker_log_level: int = logging.WARNING
+    """Log level of ``neps_state`` in the workers."""
     power_cut_after: float | None = None
     """Cut the power this many seconds after the start (SIGKILL every worker at once)."""
     power_cut_point: str | None = None
@@ -509,8 +536,12 @@ class Swarm:
                 data = f.read()
             whole = data[: data.rfind(b"\n") + 1]
             self._read_to[name] = self._read_to.get(name, 0) + len(whole)
-            self._reported += sum(whole.count(f'"result":"{s}"'.encode()) for s in _REPORTED)
-            self._frozen += whole.count(b'"ev":"kill"')
+            for line in whole.splitlines():
+                event = json.loads(line)
+                if event["ev"] == "end" and event["result"] in _REPORTED:
+                    self._reported += 1
+                elif event["ev"] == "kill":
+                    self._frozen += 1
 
     def _collect(self, wall: float, timed_out: set[str]) -> SwarmResult:
         records = []
@@ -553,6 +584,33 @@ class Swarm:
         return result
 
 
+class SwarmConfigError(ValueError):
+    """A swarm's configuration names code that cannot be imported."""
+
+
+def check_importable(cfg: SwarmConfig) -> None:
+    """Import what the workers will import, once, in this process."""
+    for name in ("optimizer", "evaluation", "impl"):
+        spec = getattr(cfg, name)
+        if not isinstance(spec, str):
+            continue
+        if spec.startswith(NEPS_PREFIX):
+            if importlib.util.find_spec("neps") is None:
+                raise SwarmConfigError(
+                    f"SwarmConfig.{name}={spec!r} needs NePS: install the 'neps' extra"
+                    " (neural-pipeline-search)"
+                )
+            continue
+        try:
+            resolve(spec)
+        except Exception as e:  # noqa: BLE001 - any failure to import is reported the same way
+            raise SwarmConfigError(
+                f"SwarmConfig.{name}={spec!r} cannot be imported: {type(e).__name__}: {e}."
+                " Worker processes import it too: its module must be importable (installed,"
+                " or on sys.path, e.g. through pytest's 'pythonpath' ini option)"
+            ) from None
+
+
 def run_swarm(
     config: SwarmConfig | None = None,
     run_dir: Path | str | None = None,
@@ -562,8 +620,14 @@ def run_swarm(
     on_power_cut: Callable[[], None] | None = None,
     **overrides: Any,
 ) -> SwarmResult:
-    """Run a swarm of worker processes on ``run_dir`` (a fresh temp dir if None)."""
+    """Run a swarm of worker processes on ``run_dir`` (a fresh temp dir if None).
+
+    ``optimizer``, ``evaluation`` and ``impl`` given as ``"module:attribute"`` are
+    imported here first: one that cannot be is a ``SwarmConfigError`` before any
+    worker starts.
+    """
     cfg = replace(config or SwarmConfig(), **overrides)
+    check_importable(cfg)
     path = (
         Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="neps-run-")) / "run"
     )

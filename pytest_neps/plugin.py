@@ -1,6 +1,8 @@
 """The pytest plugin: options, markers, Hypothesis profiles and the ``neps_*`` fixtures.
 
 Registered through the ``pytest11`` entry point: installing the package is enough.
+It loads in every pytest run of a project that installs it, so this module imports
+only pytest and the standard library; fixtures import what they use when used.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 
-from neps_state import NePSState, OptimizationState, OptimizerInfo, Settings
-from pytest_neps._impl import DEFAULT_INFO, as_impl
-from pytest_neps._pool import Pool
-from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
+from pytest_neps._reference import REFERENCE
 
 if TYPE_CHECKING:
+    from neps_state import NePSState, OptimizationState, OptimizerInfo, Settings
+    from pytest_neps._pool import Pool
+    from pytest_neps._swarm import SwarmResult
     from pytest_neps.lazyfs import LazyFS
     from pytest_neps.powerloss import CutRun
 
@@ -32,25 +33,8 @@ POOL_SIZE = 6
 """Worker processes of ``neps_pool``: enough for the largest drawn race (6 creators)."""
 KEEP_CHOICES = ("never", "on-failure", "always")
 START_METHODS = ("spawn", "forkserver", "fork")
-
-# Profiles are registered at import: Hypothesis reads --hypothesis-profile in its
-# own pytest_configure, which may run before ours.
-_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
-settings.register_profile(
-    "neps-ci", max_examples=25, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
-)
-settings.register_profile(
-    "neps-dev", max_examples=10, deadline=None, suppress_health_check=_SLOW_OK
-)
-settings.register_profile(
-    "neps-stress",
-    max_examples=400,
-    deadline=None,
-    suppress_health_check=_SLOW_OK,
-    print_blob=True,
-)
-
-REFERENCE_IMPL = "neps_state:NePSState"
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+"""Each test's reports by phase (``setup``, ``call``, ``teardown``), in ``item.stash``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,11 +68,21 @@ def option(config: pytest.Config, name: str) -> str:
     return str(value if value is not None else config.getini(name))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Register markers and validate options."""
+    """Register markers, validate options, and the ``neps-*`` profiles when asked for.
+
+    Runs before Hypothesis's own ``pytest_configure``, which loads the profile
+    named by ``--hypothesis-profile``.
+    """
     config.addinivalue_line("markers", "neps_swarm(**kwargs): default arguments of neps_swarm")
     config.addinivalue_line("markers", "stress: long-running stress test (opt-in)")
     _check_options(config)
+    profile = config.getoption("hypothesis_profile", default=None)
+    if isinstance(profile, str) and profile.startswith("neps-"):
+        from pytest_neps._profiles import register_profiles  # noqa: PLC0415 - only when asked
+
+        register_profiles()
 
 
 def _usage_error(ini: str, value: str, expected: str) -> pytest.UsageError:
@@ -122,27 +116,24 @@ def _check_options(config: pytest.Config) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item,
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Remember each phase's report on the item, so fixtures can see failures."""
+    """Remember each phase's report in ``item.stash``, so fixtures can see failures."""
     report: pytest.TestReport = yield
-    setattr(item, f"_neps_report_{report.when}", report)
+    item.stash.setdefault(REPORTS, {})[report.when] = report
     return report
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
-    return any(
-        getattr(getattr(request.node, f"_neps_report_{when}", None), "failed", False)
-        for when in ("setup", "call")
-    )
+    reports = request.node.stash.get(REPORTS, {})
+    return any(reports[when].failed for when in ("setup", "call") if when in reports)
 
 
 @pytest.fixture
 def neps_run_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
-    """A fresh, empty path for one run directory (not created yet), unique per test.
-
-    On failure its location is added to the report; it is kept or removed
-    according to ``--neps-keep-run-dirs``.
+    """A fresh path for one run directory (not created yet), unique per test:
+    shown in the report when the test fails, kept or removed per
+    ``--neps-keep-run-dirs`` (default: kept on failure).
     """
     name = re.sub(r"[^\w.-]", "_", request.node.name)[:40]
     base = tmp_path_factory.mktemp(f"neps-{name}", numbered=True)
@@ -160,22 +151,21 @@ def neps_run_dir(
 
 @pytest.fixture(scope="session")
 def neps_impl(request: pytest.FixtureRequest) -> str:
-    """The state implementation under test, as ``"module:attribute"``.
-
-    The reference ``neps_state:NePSState`` unless ``--neps-impl`` (ini ``neps_impl``)
-    names another; override this fixture to test your own class.
+    """The state implementation under test, as ``"module:attribute"``: the
+    reference ``neps_state:NePSState`` unless ``--neps-impl`` (ini ``neps_impl``)
+    names another. Override this fixture to test your own class.
     """
-    return option(request.config, "neps_impl") or REFERENCE_IMPL
+    return option(request.config, "neps_impl") or REFERENCE
 
 
 @pytest.fixture
 def neps_state_factory(neps_run_dir: Path, neps_impl: str) -> Callable[..., NePSState]:
-    """Open (or create) handles on the test's run directory.
-
+    """Open handles on ``neps_run_dir`` (creating the run on the first call):
     ``factory(optimizer_info=None, optimizer_state=None, settings=None, cls=None)``;
-    each call is another handle, as another worker would hold. ``cls`` defaults to
+    each call is another handle, as another worker would hold; ``cls`` defaults to
     the implementation under test (``neps_impl``).
     """
+    from pytest_neps._impl import DEFAULT_INFO, as_impl  # noqa: PLC0415 - only when used
 
     def factory(
         *,
@@ -195,7 +185,11 @@ def neps_state_factory(neps_run_dir: Path, neps_impl: str) -> Callable[..., NePS
 
 @pytest.fixture(scope="module")
 def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
-    """A pool of worker processes for the race properties, shared within a module."""
+    """A pool of 6 worker processes for the race properties, shared within a test
+    module, started with ``--neps-start-method``; closed after the module.
+    """
+    from pytest_neps._pool import Pool  # noqa: PLC0415 - only when used
+
     pool = Pool(POOL_SIZE, start_method=option(request.config, "neps_start_method"))
     yield pool
     pool.close()
@@ -203,18 +197,18 @@ def neps_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
 
 @pytest.fixture
 def neps_state(neps_state_factory: Callable[..., NePSState]) -> NePSState:
-    """A ``NePSState`` created in ``neps_run_dir`` with a default optimizer info and state."""
+    """A state of the implementation under test, created in ``neps_run_dir`` with
+    the harness's optimizer info and a fresh optimizer state.
+    """
     return neps_state_factory()
 
 
 @pytest.fixture
 def neps_lazyfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LazyFS]:
-    """LazyFS mounted on a fresh folder (its ``mountpoint``), unmounted after the test.
-
-    A file system that keeps unsynced writes in a cache it drops on
-    ``power_loss()`` (then mounts again: the reboot). Unmounted whether the test
-    passes or fails. Skips, saying how to enable it, where LazyFS cannot run (it
-    needs Linux, root, /dev/fuse, and ``NEPS_LAZYFS`` or ``NEPS_LAZYFS_BUILD``).
+    """LazyFS mounted on a fresh folder (``.mountpoint``): unsynced writes are
+    dropped by ``.power_loss()``, which then mounts again (the reboot). Unmounted
+    after the test, pass or fail. Skips, saying how to enable it, without Linux,
+    root, /dev/fuse and ``NEPS_LAZYFS`` (a binary) or ``NEPS_LAZYFS_BUILD``.
     """
     from pytest_neps.lazyfs import LazyFS, unavailable  # noqa: PLC0415 - only when used
 
@@ -228,13 +222,13 @@ def neps_lazyfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LazyFS]:
 
 @pytest.fixture
 def neps_power_cut(neps_lazyfs: LazyFS, neps_impl: str) -> Callable[..., CutRun]:
-    """Cut the power of a swarm of the implementation under test, on ``neps_lazyfs``.
+    """Cut the power under a swarm of the implementation under test, on
+    ``neps_lazyfs``: ``neps_power_cut(cut_after=2.0)`` (seconds) or
+    ``neps_power_cut(point="update.committed")`` (a fault point) returns a
+    ``CutRun``; ``.assert_recovered()`` checks that the next boot loads, keeps every
+    acknowledged operation, passes the checker and continues.
 
-    ``neps_power_cut(cut_after=2.0)`` or ``neps_power_cut(point="update.committed")``
-    (keywords of ``pytest_neps.powerloss.power_cut``) runs the swarm, SIGKILLs every
-    worker at once, drops every unsynced byte, mounts again and checks the next boot:
-    it loads, every acknowledged operation is there, the checker is clean, a fresh
-    swarm continues. Returns a ``CutRun``: call ``assert_recovered()``.
+    Other keywords are those of ``pytest_neps.powerloss.power_cut``.
     """
     from pytest_neps.powerloss import power_cut  # noqa: PLC0415 - only when used
 
@@ -248,13 +242,14 @@ def neps_power_cut(neps_lazyfs: LazyFS, neps_impl: str) -> Callable[..., CutRun]
 def neps_swarm(
     request: pytest.FixtureRequest, neps_run_dir: Path, neps_impl: str
 ) -> Callable[..., SwarmResult]:
-    """Run a swarm of worker processes on ``neps_run_dir`` and return its result.
-
-    Call it as ``neps_swarm(**config)``; keyword arguments are ``SwarmConfig``
-    fields (``optimizer``, ``evaluation``, ``trials``, ``kill_rate``, ...). Defaults
-    come from the ``neps_swarm`` marker, then from the ``--neps-*`` options. Then
-    call ``result.assert_consistent()``.
+    """Run worker processes on ``neps_run_dir``: ``neps_swarm(**fields)`` takes
+    ``SwarmConfig`` fields (``optimizer``, ``evaluation``, ``trials``,
+    ``kill_rate``, ...; defaults from the ``neps_swarm`` marker, then the
+    ``--neps-*`` options) and returns a ``SwarmResult``: call
+    ``.assert_consistent()``, or read ``.problems()`` and ``.summary()``.
     """
+    from pytest_neps._swarm import SwarmConfig, run_swarm  # noqa: PLC0415 - only when used
+
     config = request.config
     defaults: dict[str, Any] = {
         "workers": int(option(config, "neps_workers")),

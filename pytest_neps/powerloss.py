@@ -36,6 +36,7 @@ from neps_state import FAULT_POINTS, Settings
 from neps_state._boot import BOOT_ID_ENV
 from pytest_neps._checker import check_histories, check_run_dir
 from pytest_neps._impl import as_impl, state_of
+from pytest_neps._reference import REFERENCE
 from pytest_neps._swarm import SwarmConfig, run_swarm
 from pytest_neps.lazyfs import LazyFS
 
@@ -105,7 +106,7 @@ def boot(boot_id: str) -> Iterator[None]:
 def power_cut(
     fs: LazyFS,
     *,
-    impl: Any = "neps_state:NePSState",
+    impl: Any = REFERENCE,
     workers: int = 4,
     trials: int = 100_000,
     cut_after: float | None = None,
@@ -212,7 +213,7 @@ def run_powerloss(
     *,
     point_runs: int = 0,
     points: tuple[str, ...] = SWARM_POINTS,
-    impl: Any = "neps_state:NePSState",
+    impl: Any = REFERENCE,
     workers: int = 4,
     trials: int = 100_000,
     window: tuple[float, float] = (1.0, 6.0),

@@ -7,7 +7,10 @@ In a test module of your project::
 runs the model machine, the linearizability races, the creation races and the
 consolidation property against ``neps_impl`` (``--neps-impl module:attr`` or a
 fixture override); the races use the plugin's ``neps_pool`` of worker processes.
-Use ``--hypothesis-profile=neps-ci`` for a CI budget and ``neps-stress`` for long runs.
+The properties carry their own settings (no deadline: an example starts
+processes), so they pass under any profile; the budget is the profile's
+(``--hypothesis-profile=neps-ci``, 25 examples; ``neps-stress``, 400), and 25 under
+Hypothesis's ``default`` profile, so plain ``pytest`` runs them in CI time.
 """
 
 from __future__ import annotations
@@ -20,29 +23,36 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
+from pytest_neps._profiles import suite_settings
 from pytest_neps.machines import model_machine
 from pytest_neps.plugin import POOL_SIZE
 from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
+
+SETTINGS = suite_settings()
+"""The settings of every property below (see the module's docstring)."""
 
 
 def test_model_machine(neps_impl: str) -> None:
     """Every handle's view equals an in-memory model after every step."""
     machine = model_machine(neps_impl)
-    run_state_machine_as_test(machine, settings=settings(settings(), stateful_step_count=25))
+    run_state_machine_as_test(machine, settings=settings(SETTINGS, stateful_step_count=25))
 
 
+@SETTINGS
 @given(plan=race_plans(workers=3))
 def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, plan: dict[str, Any]) -> None:
     """Concurrent batches (with kills) leave a linearizable history."""
     check_race(as_impl(neps_impl), plan, neps_pool)
 
 
+@SETTINGS
 @given(infos=st.lists(st.sampled_from(sorted(INFOS)), min_size=2, max_size=POOL_SIZE))
 def test_creation_race(neps_impl: str, neps_pool: Pool, infos: list[str]) -> None:
     """Exactly one optimizer info wins; every other creator gets a NePSError."""
     check_creation(as_impl(neps_impl), infos, neps_pool)
 
 
+@SETTINGS
 @given(
     steps=st.lists(st.sampled_from(["sample", "claim", "report"]), min_size=3, max_size=20),
     limit=st.integers(1, 4),

@@ -116,6 +116,15 @@ def test_main_bench_quick_without_optuna(
     assert result["throughput"] == []
     assert result["optuna"]["used"] is False
     assert "optuna: skipped" in capsys.readouterr().out
+    again = parser.parse_args(
+        ["--from-json", str(tmp_path / "out.json"), "--markdown", str(tmp_path / "out.md")]
+    )
+    assert _bench.main_bench(again) == 0
+    md = (tmp_path / "out.md").read_text()
+    assert "`neps-state bench " in md
+    rows = [line for line in md.splitlines() if line.startswith("| 30 |")]
+    assert len(rows) == 1
+    assert rows[0].count("|") == 14
 
 
 def test_bad_arguments() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from neps_state import (
     IllegalTransitionError,
+    InvalidReportError,
     InvalidTrialIdError,
     NePSError,
     Trial,
@@ -77,7 +78,7 @@ def test_set_complete_sets_the_reported_state(report_as: str) -> None:
 
 
 def test_set_complete_rejects_unknown_outcome() -> None:
-    with pytest.raises(ValueError, match="reported_as"):
+    with pytest.raises(InvalidReportError, match="report_as='great'"):
         complete(new_trial(), report_as="great")
 
 

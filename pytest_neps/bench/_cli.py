@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,8 +80,24 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-throughput", action="store_true", help="skip the throughput benchmark"
     )
     parser.add_argument("--dir", type=Path, help="where to create the runs (default: temp dir)")
-    parser.add_argument("--plot", type=Path, help="write a PNG with both panels here")
-    parser.add_argument("--json", type=Path, help="write the result as JSON here")
+    parser.add_argument(
+        "--plot", type=Path, help="write a PNG with both panels here (default: not written)"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write the result as JSON here (default: not written)"
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="write the report as Markdown here, headed by the command line (default: not"
+        " written); docs/measurements.md quotes such files instead of copying figures",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="PATH",
+        help="do not run: report the result a previous --json wrote (default: run)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -108,7 +125,53 @@ def main_bench(args: argparse.Namespace) -> int:
     if args.settle < 0:
         sys.stderr.write("bench: --settle must be >= 0\n")
         return 2
-    result = run_bench(
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text(encoding="utf-8"))
+    else:
+        result = _run(args, pick)
+    render_report(result, sys.stdout)
+    if args.markdown is not None:
+        with args.markdown.open("w", encoding="utf-8") as f:
+            command = result.get("command") or "neps-state bench"
+            f.write(
+                f"<!-- written by neps-state bench --markdown; do not edit -->\n\n`{command}`\n\n"
+            )
+            render_report(result, f, md=True)
+        sys.stdout.write(f"wrote {args.markdown}\n")
+    if args.json is not None and args.from_json is None:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.write(f"wrote {args.json}\n")
+    if args.plot is not None:
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            sys.stderr.write("bench: matplotlib is not installed; no plot written\n")
+        else:
+            sys.stdout.write(f"wrote {args.plot}\n")
+    return 0
+
+
+_NOT_MEASURING = frozenset({"func", "command", "json", "markdown", "plot", "from_json"})
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The options that shaped a run, as a ``neps-state bench`` command line."""
+    parts = ["neps-state", "bench"]
+    for name, value in vars(args).items():
+        if name in _NOT_MEASURING or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, tuple):
+            parts += [flag, _csv(value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _run(args: argparse.Namespace, pick: Any) -> dict[str, Any]:
+    result: dict[str, Any] = run_bench(
         trials=() if args.skip_cost else pick("trials"),
         workers=() if args.skip_throughput else pick("workers"),
         cycles=pick("cycles"),
@@ -121,15 +184,5 @@ def main_bench(args: argparse.Namespace) -> int:
         directory=args.dir,
         settle=args.settle,
     )
-    render_report(result, sys.stdout)
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        sys.stdout.write(f"wrote {args.json}\n")
-    if args.plot is not None:
-        try:
-            plot(result, args.plot)
-        except ImportError:
-            sys.stderr.write("bench: matplotlib is not installed; no plot written\n")
-        else:
-            sys.stdout.write(f"wrote {args.plot}\n")
-    return 0
+    result["command"] = _command_line(args)
+    return result

@@ -1,17 +1,30 @@
-"""The benchmark as a text report and as a plot."""
+"""The benchmark as a text report and as a plot.
+
+The command line that prints and draws them, ``neps-state bench``, is in
+``pytest_neps/cli.py``, with its options in ``pytest_neps/bench/_cli.py``.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from pytest_neps.bench._common import _fmt
 
-# -- report, plot, command line ---------------------------------------------------
+# -- report -----------------------------------------------------------------------
 
 
-def _table(stream: IO[str], header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def _table(
+    stream: IO[str], header: Sequence[str], rows: Sequence[Sequence[str]], md: bool = False
+) -> None:
+    if md:
+        stream.write("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+        for r in rows:
+            stream.write("| " + " | ".join(r) + " |\n")
+        stream.write("\n")
+        return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
     stream.write(line + "\n" + "-" * len(line) + "\n")
@@ -19,8 +32,38 @@ def _table(stream: IO[str], header: Sequence[str], rows: Sequence[Sequence[str]]
         stream.write("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + "\n")
 
 
-def render_report(result: Mapping[str, Any], stream: IO[str]) -> None:
-    """Write every figure and ratio of ``result`` as readable text tables to ``stream``."""
+def render_report(result: Mapping[str, Any], stream: IO[str], *, md: bool = False) -> None:
+    """Write every figure and ratio of ``result`` as readable tables to ``stream``.
+
+    ``md``: as Markdown (the tables as Markdown tables, each line a paragraph), for
+    documents that quote a run without copying its figures by hand.
+    """
+    if md:
+        buffer = io.StringIO()
+        _render(result, buffer, md=True)
+        stream.write(_paragraphs(buffer.getvalue()))
+    else:
+        _render(result, stream, md=False)
+
+
+def _paragraphs(text: str) -> str:
+    """Markdown of a report: each prose line its own paragraph, table rows together."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        is_row = line.startswith("|")
+        is_item = line.startswith("- ")
+        together = (is_row and out and out[-1].startswith("|")) or (
+            is_item and out and out[-1].startswith("- ")
+        )
+        if out and not together:
+            out.append("")
+        out.append(line if is_row or line.startswith("- ") else line.strip())
+    return "\n".join(out) + "\n"
+
+
+def _render(result: Mapping[str, Any], stream: IO[str], *, md: bool) -> None:
     m, opt = result["machine"], result["optuna"]
     stream.write(
         f"neps-state bench: Python {m['python']}, {m['cpus_usable']} usable CPUs"
@@ -40,18 +83,19 @@ def render_report(result: Mapping[str, Any], stream: IO[str]) -> None:
     else:
         stream.write(f"  optuna: {opt['note']}\n")
     if result["cycle_cost"]:
-        _render_cost(result, stream)
+        _render_cost(result, stream, md)
     if result["throughput"]:
-        _render_throughput(result, stream)
+        _render_throughput(result, stream, md)
     stream.write("\nTargets\n")
     for t in result["targets"]:
         status = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         value = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
-        stream.write(f"  [{status:>12}] {t['name']}: {value}\n")
+        bullet = "- " if md else "  "
+        stream.write(f"{bullet}[{status:>12}] {t['name']}: {value}\n")
     stream.write(f"\nelapsed: {result.get('elapsed_s', 0.0):.0f} s\n")
 
 
-def _render_cost(result: Mapping[str, Any], stream: IO[str]) -> None:
+def _render_cost(result: Mapping[str, Any], stream: IO[str], md: bool) -> None:
     cost = sorted(result["cycle_cost"], key=lambda r: (r["durability"], r["trials"]))
     base = cost[0]["base_trials"]
     stream.write(
@@ -82,10 +126,10 @@ def _render_cost(result: Mapping[str, Any], stream: IO[str]) -> None:
         for r in cost
     ]
     stream.write("ours (neps_state)\n")
-    _table(stream, header, rows)
+    _table(stream, header, rows, md)
     stream.write(
         "  consol = one rewrite of the whole trial cache, ms; amort = ms + consol spread over"
-        " the cycles between two rewrites\n"
+        " the cycles between two rewrites by record count (a rewrite by size may come sooner)\n"
     )
     optuna_rows = {r["trials"]: r for r in cost if r.get("optuna_ms") is not None}
     if optuna_rows:
@@ -104,10 +148,10 @@ def _render_cost(result: Mapping[str, Any], stream: IO[str]) -> None:
             for n, r in sorted(optuna_rows.items())
         ]
         stream.write("Optuna journal (always fsync; measured in the same rounds as every row)\n")
-        _table(stream, header, rows)
+        _table(stream, header, rows, md)
 
 
-def _render_throughput(result: Mapping[str, Any], stream: IO[str]) -> None:
+def _render_throughput(result: Mapping[str, Any], stream: IO[str], md: bool) -> None:
     tput = sorted(result["throughput"], key=lambda r: (r["durability"], r["workers"]))
     s = result["settings"]
     settle = s.get("settle_s") or 0
@@ -131,10 +175,13 @@ def _render_throughput(result: Mapping[str, Any], stream: IO[str]) -> None:
         ]
         for r in tput
     ]
-    _table(stream, header, rows)
+    _table(stream, header, rows, md)
     for r in tput:
         for p in (*r["ours_problems"], *r.get("optuna_problems", [])):
             stream.write(f"  problem ({r['durability']}, {r['workers']} workers): {p}\n")
+
+
+# -- plot -------------------------------------------------------------------------
 
 
 Series = tuple[str, str, str, str, list[Mapping[str, Any]]]
