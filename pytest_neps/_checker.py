@@ -1,7 +1,11 @@
 """The invariant checker: what a run directory (and, optionally, worker histories) must show.
 
-It reads the files themselves (YAML/JSON, and our journal if there is one), so
-it also checks run directories that NePS wrote. Every problem is a
+It reads the files with the state's file-level readers, not through a ``NePSState``:
+no lock is taken and no recovery runs. Trial folders are read as the state reads them
+(no symbolic link followed, no FIFO waited on, sizes capped), the optimizer state
+through the allowlisted unpickler, our journal frame by frame if there is one, the
+error dump line by line. These accept what NePS writes, so it also checks run
+directories that NePS wrote. Every problem, a file that cannot be read included, is a
 :class:`Violation` naming the file it concerns.
 """
 
@@ -67,8 +71,9 @@ def check_run_dir(
     """
     root = Path(path)
     out: list[Violation] = []
-    if not root.is_dir():
-        return [Violation("layout", str(root), "is not a directory")]
+    problem = run_dir_problem(root)
+    if problem is not None:
+        return [Violation("layout", str(root), problem)]
     notes = [] if notes is None else notes
     notes += [f"{risk}: other users can change this run" for risk in permission_risks(root)]
     _check_optimizer_files(root, out, notes)
@@ -78,6 +83,19 @@ def check_run_dir(
     if histories is not None:
         out += check_histories(root, snap.folders, snap.errors, histories)
     return out
+
+
+def run_dir_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be read as a run directory at all (``None`` if it can be listed)."""
+    try:
+        os.scandir(root).close()
+    except FileNotFoundError:
+        return "is a symbolic link to nothing" if os.path.islink(root) else "does not exist"
+    except NotADirectoryError:
+        return "is not a directory" if os.path.lexists(root) else "does not exist"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    return None
 
 
 def _check_optimizer_files(root: Path, out: list[Violation], notes: list[str]) -> None:
@@ -121,7 +139,16 @@ def _read(path: Path, out: list[Violation], *, optional: bool = False) -> bytes 
         return read_file(path)
     except CorruptedFileError as e:
         out.append(Violation("files parse", str(path), e.problem))
-        return None
+    except OSError as e:
+        out.append(_unreadable(path, e))
+    return None
+
+
+def _unreadable(path: Path | str, e: OSError) -> Violation:
+    """The violation of a file (the one ``e`` names, else ``path``) that cannot be read."""
+    return Violation(
+        "files readable", str(e.filename or path), f"cannot be read: {e.strerror or e}"
+    )
 
 
 def _extra_allowed() -> tuple[str, ...]:
@@ -137,9 +164,14 @@ def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
     configs = root / "configs"
     folders: dict[str, Trial] = {}
     if not is_real_dir(configs):
-        out.append(Violation("layout", str(configs), "is missing or not a folder"))
+        out.append(Violation("layout", str(configs), _not_a_folder(configs)))
         return Snapshot(folders, None, _read_errors(root, out))
-    for entry in sorted(os.scandir(configs), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(configs), key=lambda e: e.name)
+    except OSError as e:
+        out.append(_unreadable(configs, e))
+        return Snapshot(folders, None, _read_errors(root, out))
+    for entry in entries:
         if not entry.name.startswith(PREFIX):
             continue
         if not entry.is_dir(follow_symlinks=False):
@@ -152,17 +184,30 @@ def read_run_dir(root: Path, out: list[Violation]) -> Snapshot:
             folders[tid] = read_trial(configs, tid)
         except NePSError as e:
             out.append(Violation("files parse", entry.path, str(e)))
+        except OSError as e:
+            out.append(_unreadable(entry.path, e))
     return Snapshot(folders, _read_cache(configs, out), _read_errors(root, out))
 
 
-def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
-    path = configs / ".trial_cache.journal"
+def _not_a_folder(path: Path) -> str:
+    """Why ``path``, which is no folder itself, is not one."""
+    if os.path.islink(path):
+        return "is a symbolic link (not followed), not a folder"
+    return "is not a folder" if os.path.lexists(path) else "is missing"
+
+
+def _check_intent(configs: Path, out: list[Violation]) -> None:
     intent = configs / ".trial_cache.intent"
     marker = _read(intent, out, optional=True) or b""
     if marker:
         payloads, _ = parse_frames(marker, 0, empty_ok=True)
         if not payloads or payloads[0]:
             out.append(Violation("recovery", str(intent), "a writer died; recovery is pending"))
+
+
+def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
+    path = configs / ".trial_cache.journal"
+    _check_intent(configs, out)
     if not os.path.lexists(path):
         # A journal of an earlier version, under NePS's cache name; NePS's own cache
         # there is not ours to check (the folders are).
@@ -172,10 +217,13 @@ def _read_cache(configs: Path, out: list[Violation]) -> dict[str, Trial] | None:
             return None
         path = legacy
     else:
-        data = _read(path, out) or b""
-        if not data.startswith(MAGIC):
+        found = _read(path, out)
+        if found is None:  # unreadable, and reported so: nothing to say about its framing
+            return None
+        if not found.startswith(MAGIC):
             out.append(Violation("cache framing", str(path), "is not a neps_state journal"))
             return None
+        data = found
     payloads, end = parse_frames(data, HEADER_SIZE)
     if end != len(data):
         out.append(Violation("cache framing", str(path), f"{len(data) - end} bytes of torn tail"))

@@ -14,9 +14,41 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from neps_state import FAULT_POINTS, NePSError, NePSState, Settings, Trial
-from pytest_neps._checker import Violation, check_run_dir, read_run_dir
+from pytest_neps._checker import Violation, check_run_dir, read_run_dir, run_dir_problem
+from pytest_neps._reference import REFERENCE
 from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
 from pytest_neps.bench import add_bench_arguments, main_bench
+
+DURABILITY = "the durability: fsync, each commit on stable storage; os, left to the OS"
+READ_EXIT = "2: bad usage, or run_dir is missing, not a directory or not readable"
+CHECK_EPILOG = f"""exit status:
+  0: the run is clean (notes do not count)
+  1: violations found, unreadable or damaged files among them
+  {READ_EXIT}"""
+SHOW_EPILOG = f"""exit status:
+  0: every file of the run was read
+  1: files unreadable or damaged (each named on stderr); the rest is shown
+  {READ_EXIT}"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Options show a default that means something; texts keep the line breaks written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default == "" or isinstance(default, bool):
+            return action.help  # no value, or a flag: nothing worth showing
+        if "default" in (action.help or ""):
+            return action.help  # the help says it in its own words
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent + _indent(line)) for line in text.splitlines())
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
 
 
 class Progress:
@@ -123,8 +155,18 @@ def cmd_stress(args: argparse.Namespace) -> int:
     return 1 if result.problems() else 0
 
 
+def _unusable(command: str, run_dir: str) -> bool:
+    """Whether ``run_dir`` cannot be read at all; if so, say why on one line of stderr."""
+    problem = run_dir_problem(Path(run_dir))
+    if problem is not None:
+        sys.stderr.write(f"neps-state {command}: {run_dir}: {problem}\n")
+    return problem is not None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a run directory's invariants."""
+    if _unusable("check", args.run_dir):
+        return 2
     notes: list[str] = []
     violations: list[Violation] = check_run_dir(Path(args.run_dir), notes=notes)
     sys.stdout.writelines(f"note: {n}\n" for n in notes)
@@ -188,6 +230,8 @@ def cmd_crashstates(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Summarize a run directory: trials by state, best objective, errors."""
+    if _unusable("show", args.run_dir):
+        return 2
     problems: list[Violation] = []
     snap = read_run_dir(Path(args.run_dir), problems)
     trials = snap.folders
@@ -213,9 +257,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         out.write(
             f"    trial {rec['trial_id']} ({rec['worker_id']}): {rec['err_type']}: {rec['err']}\n"
         )
-    for p in problems:
-        out.write(f"  unreadable: {p}\n")
-    return 0
+    sys.stderr.writelines(f"neps-state show: {p.path}: {p.detail}\n" for p in problems)
+    return 1 if problems else 0
 
 
 def cmd_killmatrix(args: argparse.Namespace) -> int:
@@ -268,16 +311,87 @@ def cmd_powerloss(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in runs) else 1
 
 
+def _command(
+    sub: Any, name: str, summary: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``: ``summary`` in the list of commands, ``description`` atop."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+    return parser
+
+
+def _add_durability(parser: argparse.ArgumentParser, default: str = "fsync") -> None:
+    parser.add_argument("--durability", choices=["fsync", "os"], default=default, help=DURABILITY)
+
+
+def _add_impl(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--impl", default=REFERENCE, help="the state class under test, module:attr")
+
+
+def _add_stress_command(sub: Any) -> None:
+    """The ``stress`` subcommand."""
+    stress = _command(
+        sub,
+        "stress",
+        "run a swarm of workers on a fresh run directory",
+        "Run a swarm of worker processes on a fresh run directory, with the faults asked"
+        " for, then check its invariants and print the figures. Exit 0 when the run"
+        " finished and passed the checker, 1 when it did not, 2 when --dir holds a run already.",
+    )
+    stress.add_argument("--workers", type=int, default=4, help="worker processes")
+    stress.add_argument("--trials", type=int, default=1000, help="trials the run evaluates")
+    stress.add_argument(
+        "--kill-rate",
+        type=float,
+        default=0.0,
+        help="chance per operation that a worker is SIGKILLed (then replaced)",
+    )
+    stress.add_argument(
+        "--kill-every",
+        type=float,
+        metavar="S",
+        help="also SIGKILL a random worker every ~S seconds (default: never)",
+    )
+    stress.add_argument(
+        "--kill-points",
+        default="",
+        help="comma-separated fault points a kill may hit (default: none, a kill between"
+        f" operations): {', '.join(FAULT_POINTS)}",
+    )
+    stress.add_argument("--seed", type=int, default=0, help="seed of the kills and of the run")
+    stress.add_argument("--dir", help="where to create the run directory (default: a temp dir)")
+    stress.add_argument("--json", help="write the figures as JSON here (default: not written)")
+    stress.add_argument("--observers", type=int, default=1, help="lock-free reader processes")
+    stress.add_argument("--batch", type=int, default=1, help="trials sampled per ask")
+    stress.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds before the swarm is stopped"
+    )
+    _add_durability(stress)
+    stress.add_argument(
+        "--evaluation", default="pytest_neps._evaluate:flaky", help="evaluation, module:attr"
+    )
+    stress.add_argument(
+        "--optimizer",
+        default="pytest_neps._optimizers:random_search",
+        help="optimizer that samples the trials, module:attr",
+    )
+    _add_impl(stress)
+    stress.set_defaults(func=cmd_stress)
+
+
 def _add_power_loss_commands(sub: Any) -> None:
     """The ``repair``, ``crashstates`` and ``powerloss`` subcommands."""
-    repair = sub.add_parser(
+    repair = _command(
+        sub,
         "repair",
-        help="rebuild the files derived from the journal (as after a power loss)",
-        description="Compare every trial folder, the optimizer state file and the error"
+        "rebuild the files derived from the journal (as after a power loss)",
+        "Compare every trial folder, the optimizer state file and the error"
         " dump with the journal and rewrite what differs; move aside what cannot be"
-        " rebuilt. For a run directory no worker has open. Exit 0 when the run is clean.",
+        " rebuilt. For a run directory no worker has open. Exit 0 when the run is clean"
+        " (--dry-run: when the changes could be listed), 1 otherwise.",
     )
-    repair.add_argument("run_dir")
+    repair.add_argument("run_dir", help="the run directory to repair")
     repair.add_argument("--dry-run", action="store_true", help="list the changes, make none")
     repair.add_argument(
         "--durability",
@@ -287,90 +401,107 @@ def _add_power_loss_commands(sub: Any) -> None:
     )
     repair.set_defaults(func=cmd_repair)
 
-    crash = sub.add_parser(
+    crash = _command(
+        sub,
         "crashstates",
-        help="check every state a power loss may leave, per operation (ALICE-style)",
+        "check every state a power loss may leave, per operation (ALICE-style)",
+        "Trace the file changes of each mutating operation, build every state a power"
+        " loss may leave inside it, and check each one as the next boot would."
+        " Exit 0 when every state is consistent, 1 otherwise.",
     )
-    crash.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
-    crash.add_argument("--steps", default="", help="comma-separated operations (default: all)")
+    _add_impl(crash)
+    crash.add_argument(
+        "--steps", default="", help="comma-separated operations to check (default: all)"
+    )
     crash.add_argument("--every", type=int, default=1, help="check every n-th distinct state")
-    crash.add_argument("--durability", choices=["fsync", "os"], default="fsync")
-    crash.add_argument("--json", help="write the per-operation figures as JSON here")
+    _add_durability(crash)
+    crash.add_argument(
+        "--json", help="write the per-operation figures as JSON here (default: not written)"
+    )
     crash.set_defaults(func=cmd_crashstates)
 
-    power = sub.add_parser(
+    power = _command(
+        sub,
         "powerloss",
-        help="cut the power of swarms on LazyFS; check the next boot (needs LazyFS)",
-        description="Each run: a swarm works on LazyFS, every worker is SIGKILLed at one"
+        "cut the power of swarms on LazyFS; check the next boot (needs LazyFS)",
+        "Each run: a swarm works on LazyFS, every worker is SIGKILLed at one"
         " instant and every unsynced byte dropped, LazyFS is mounted again; then the"
         " state must load, hold every acknowledged operation, pass the checker, and a"
         " fresh swarm must continue the run. LazyFS: NEPS_LAZYFS (binary) or"
-        " NEPS_LAZYFS_BUILD (build script). Exit 0 only if every run recovered.",
+        " NEPS_LAZYFS_BUILD (build script). Exit 0 only if every run recovered, 2 when"
+        " LazyFS is unavailable.",
     )
     power.add_argument("--runs", type=int, default=10, help="cuts at random instants")
-    power.add_argument(
-        "--point-runs", type=int, default=0, help="cuts at each named fault point (default 0)"
-    )
+    power.add_argument("--point-runs", type=int, default=0, help="cuts at each named fault point")
     power.add_argument("--window", default="1,6", help="random instants: MIN,MAX seconds")
-    power.add_argument("--workers", type=int, default=4)
-    power.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
-    power.add_argument("--durability", choices=["fsync", "os"], default="fsync")
-    power.add_argument("--seed", type=int, default=0)
+    power.add_argument("--workers", type=int, default=4, help="worker processes per swarm")
+    _add_impl(power)
+    _add_durability(power)
+    power.add_argument("--seed", type=int, default=0, help="seed of the cut instants and swarms")
     power.add_argument(
         "--precreate",
         action="store_true",
         help="create the run and write it back whole before the swarm (a run created long"
         " before the cut); by default the workers create it",
     )
-    power.add_argument("--json", help="write every run as JSON here")
+    power.add_argument("--json", help="write every run as JSON here (default: not written)")
     power.set_defaults(func=cmd_powerloss)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``neps-state``."""
-    parser = argparse.ArgumentParser(prog="neps-state", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="neps-state", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log warnings of the state")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_stress_command(sub)
 
-    stress = sub.add_parser("stress", help="run a swarm of workers on a fresh run directory")
-    stress.add_argument("--workers", type=int, default=4)
-    stress.add_argument("--trials", type=int, default=1000)
-    stress.add_argument("--kill-rate", type=float, default=0.0, help="chance per operation")
-    stress.add_argument(
-        "--kill-every", type=float, help="also SIGKILL a random worker every ~S seconds"
+    check = _command(
+        sub,
+        "check",
+        "check a run directory's invariants (exit 0 if clean)",
+        "Check a run directory's invariants: every file reads and parses, the journal"
+        " matches the trial folders, reports match states, each error is recorded once;"
+        " when something is wrong, whether `neps-state repair` would fix it.",
+        CHECK_EPILOG,
     )
-    stress.add_argument(
-        "--kill-points", default="", help=f"comma-separated fault points: {', '.join(FAULT_POINTS)}"
-    )
-    stress.add_argument("--seed", type=int, default=0)
-    stress.add_argument("--dir", help="where to create the run directory (default: a temp dir)")
-    stress.add_argument("--json", help="write the figures as JSON here")
-    stress.add_argument("--observers", type=int, default=1, help="lock-free reader processes")
-    stress.add_argument("--batch", type=int, default=1, help="trials sampled per ask")
-    stress.add_argument("--timeout", type=float, default=600.0)
-    stress.add_argument("--durability", choices=["fsync", "os"], default="fsync")
-    stress.add_argument("--evaluation", default="pytest_neps._evaluate:flaky")
-    stress.add_argument("--optimizer", default="pytest_neps._optimizers:random_search")
-    stress.add_argument("--impl", default="neps_state:NePSState", help="state class, module:attr")
-    stress.set_defaults(func=cmd_stress)
-
-    check = sub.add_parser("check", help="check a run directory's invariants (exit 0 if clean)")
-    check.add_argument("run_dir")
+    check.add_argument("run_dir", help="the run directory to check")
     check.set_defaults(func=cmd_check)
 
-    matrix = sub.add_parser("killmatrix", help="SIGKILL at every fault point; print the matrix")
+    matrix = _command(
+        sub,
+        "killmatrix",
+        "SIGKILL at every fault point; print the matrix",
+        "SIGKILL a worker at every fault point of every mutating operation, --runs times"
+        " each: the state must load, hold every acknowledged operation, pass the checker,"
+        " and a fresh swarm must finish the run. Exit 0 when every run recovered.",
+    )
     matrix.add_argument("--runs", type=int, default=20, help="runs per (operation, point)")
-    matrix.add_argument("--durability", choices=["fsync", "os"], default="os")
+    _add_durability(matrix, "os")
     matrix.set_defaults(func=cmd_killmatrix)
 
-    bench = sub.add_parser("bench", help="cost per cycle and throughput, beside Optuna's journal")
+    bench = _command(
+        sub,
+        "bench",
+        "cost per cycle and throughput, beside Optuna's journal",
+        "Time one cycle (sample, claim, report) as the run grows, and the throughput of"
+        " N workers, each beside Optuna's journal storage in the same run.",
+    )
     add_bench_arguments(bench)
     bench.set_defaults(func=main_bench)
 
     _add_power_loss_commands(sub)
 
-    show = sub.add_parser("show", help="trials by state, best objective, errors")
-    show.add_argument("run_dir")
+    show = _command(
+        sub,
+        "show",
+        "trials by state, best objective, errors",
+        "Summarize a run directory: its trials by state, the best objective and the"
+        " latest error records. Reads only: takes no lock, changes nothing.",
+        SHOW_EPILOG,
+    )
+    show.add_argument("run_dir", help="the run directory to summarize")
     show.add_argument("--errors", type=int, default=5, help="how many recent errors to list")
     show.set_defaults(func=cmd_show)
     return parser
