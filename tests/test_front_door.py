@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -224,3 +225,26 @@ def test_create_or_load_still_takes_a_missing_state_as_misuse(tmp_path: Path) ->
         NePSState.create_or_load(tmp_path / "r", optimizer_info=INFO)
     with pytest.raises(UsageError):
         NePSState.create_or_load(tmp_path / "r", optimizer_state=new_opt_state())
+
+
+def test_pytest_fixtures_documents_every_fixture(pytester: pytest.Pytester) -> None:
+    """``pytest --fixtures`` prints a docstring's first paragraph: it says how to use each."""
+    pytester.makepyfile("def test_nothing(): pass\n")
+    out = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider").stdout.str()
+    names = re.findall(r"^(neps_\w+)(?: \[\w+ scope\])? -- ", out, re.MULTILINE)
+    assert sorted(names) == sorted(NEPS_FIXTURES)
+    for name in NEPS_FIXTURES:
+        shown = out.split(f"\n{name}", 1)[1].split("\n\n", 1)[0].split("\n", 1)[1]
+        assert len(shown.split()) >= 20, f"{name}: {shown!r}"
+
+
+NEPS_FIXTURES = (
+    "neps_impl",
+    "neps_lazyfs",
+    "neps_pool",
+    "neps_power_cut",
+    "neps_run_dir",
+    "neps_state",
+    "neps_state_factory",
+    "neps_swarm",
+)
