@@ -38,6 +38,7 @@ from neps_state._permissions import risks as permission_risks
 from neps_state._records import decode
 from neps_state._trialfiles import PREFIX, PREVIOUS_FILE, read_trial
 from pytest_neps._history import Op
+from pytest_neps.defects import finding
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,8 @@ def _claim_violations(
         if len(ops) > 1:
             workers = sorted(op.worker for op in ops)
             detail = f"trial {tid!r} claimed {len(ops)} times, by {workers}"
+            if any(op.op == "claim" for op in ops):
+                detail = str(finding("D7", detail))
             out.append(Violation("one evaluator per trial", where, detail))
         elif trials[tid].metadata.evaluating_worker_id != ops[0].worker:
             evaluator = trials[tid].metadata.evaluating_worker_id

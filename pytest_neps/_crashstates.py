@@ -51,6 +51,7 @@ from neps_state._io import set_tracer
 from pytest_neps._checker import check_run_dir
 from pytest_neps._fsmodel import FsOp, Recorder, Tree
 from pytest_neps._impl import DEFAULT_INFO, Impl, as_impl
+from pytest_neps._ops import complete
 from pytest_neps._optimizers import random_search
 from pytest_neps._reference import REFERENCE
 
@@ -73,10 +74,10 @@ Step = Callable[[Any, Impl], dict[str, str]]
 
 
 def _complete(trial: Trial, error: Exception | None) -> Any:
-    return trial.set_complete(
-        report_as="crashed" if error else "success", time_end=time.time(),
-        objective_to_minimize=None if error else 0.25, cost=1.0, learning_curve=None,
-        err=error, tb="Traceback ..." if error else None, extra={}, evaluation_duration=0.1,
+    return complete(
+        trial, "crashed" if error else "success", time_end=time.time(),
+        objective=None if error else 0.25, err=error, tb="Traceback ..." if error else None,
+        evaluation_duration=0.1,
     )  # fmt: skip
 
 

@@ -81,6 +81,7 @@ def damages() -> st.SearchStrategy[Damage]:
 
 def make_template(root: Path) -> Path:
     """A real run with every file kind: trials pending to crashed, a chain, errors."""
+    from pytest_neps._ops import complete  # noqa: PLC0415
     from pytest_neps._optimizers import batch_sampler  # noqa: PLC0415
 
     state = NePSState.create_or_load(
@@ -92,11 +93,10 @@ def make_template(root: Path) -> Path:
     for i in range(3):
         trial = state.lock_and_sample_trial(batch_sampler, worker_id="w0", claim=True)
         err = RuntimeError("boom") if i == 1 else None
-        report = trial.set_complete(
-            report_as="crashed" if err else "success", time_end=1.0,
-            objective_to_minimize=None if err else 0.5, cost=1.0, learning_curve=[1.0, 0.5],
-            err=err, tb="Traceback ..." if err else None, extra={"seed": i},
-            evaluation_duration=0.1,
+        report = complete(
+            trial, "crashed" if err else "success", time_end=1.0,
+            objective=None if err else 0.5, learning_curve=[1.0, 0.5], err=err,
+            tb="Traceback ..." if err else None, extra={"seed": i}, evaluation_duration=0.1,
         )  # fmt: skip
         state.lock_and_report_trial_evaluation(trial, report, worker_id="w0")
     state.lock_and_sample_trial(batch_sampler, worker_id="w0", n=2)

@@ -10,7 +10,11 @@ changes to be tested:
 - ``sample(claim=True)``: sampling a trial already evaluating, in one commit, if
   the class supports it, else the seed's two steps;
 - ``settings``: passed to ``create_or_load`` only if it takes them;
-- ``consolidate``: ``lock_and_consolidate_cache`` if the class has it.
+- ``consolidate``: ``lock_and_consolidate_cache`` if the class has it;
+- ``errors``: the implementation's own error classes, by which the harness tells
+  a typed refusal from a crash: ``cls.neps_errors`` (classes or import paths) if
+  the class declares them, else the ``NePSError`` of the package of the class or
+  of one of its bases.
 
 Give ``--neps-impl`` either such a class or an :class:`Impl` (``module:attribute``).
 Implementation settings travel as environment variables, which worker processes
@@ -22,12 +26,24 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neps_state import OptimizationState, OptimizerInfo, SeedSnapshot, Settings
+from neps_state import (
+    NePSState,
+    OptimizationState,
+    OptimizerInfo,
+    SampledConfig,
+    SeedSnapshot,
+    Settings,
+    TrialRepo,
+    set_fault_hook,
+)
+from neps_state._journal import HEADER_SIZE, MAGIC, parse_frames
+from neps_state._records import decode
 from pytest_neps._reference import REFERENCE
 
 DEFAULT_INFO = OptimizerInfo(name="pytest-neps", info={"loop": "claim-or-sample"})
@@ -119,6 +135,43 @@ class Impl:
             state.put_updated_trial(trial, hints="metadata")
         return trial
 
+    def env(self, **settings: object) -> dict[str, str]:
+        """Environment variables that carry ``settings`` (``Settings`` field names).
+
+        ``cls.neps_settings_env(**settings)`` if the class defines it, else the
+        reference's ``NEPS_STATE_<NAME>`` (which other implementations ignore).
+        """
+        mapper = getattr(self.cls, "neps_settings_env", None)
+        if mapper is not None:
+            return {str(k): str(v) for k, v in mapper(**settings).items()}
+        return {f"NEPS_STATE_{k.upper()}": str(v) for k, v in settings.items()}
+
+    def cache_trial_ids(self, root: Path) -> set[str] | None:
+        """The trial ids in the run's cache file as written (before any recovery).
+
+        ``cls.neps_cache_trial_ids(root)`` if the class defines it; the reference's
+        journal for the reference and its subclasses; None (not checked) otherwise.
+        A cache that does not parse raises ``AssertionError``.
+        """
+        reader = getattr(self.cls, "neps_cache_trial_ids", None)
+        if reader is not None:
+            return set(reader(root))
+        if isinstance(self.cls, type) and issubclass(self.cls, NePSState):
+            return _journal_ids(root)
+        return None
+
+    def calls_fault_hook(self) -> bool:
+        """Whether the implementation reaches ``neps_state``'s fault points (tried once)."""
+        return _calls_fault_hook(self.target)
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The implementation's own error classes (see the module's docstring)."""
+        return _errors_of(self.cls)
+
+    def is_typed(self, error: BaseException) -> bool:
+        """Whether ``error`` is one of the implementation's own errors."""
+        return isinstance(error, self.errors())
+
     def consolidate(self, state: Any) -> bool:
         """Force a cache consolidation; False if the implementation has no such operation."""
         consolidate = getattr(state, "lock_and_consolidate_cache", None)
@@ -126,6 +179,49 @@ class Impl:
             return False
         consolidate()
         return True
+
+
+def _journal_ids(root: Path) -> set[str]:
+    data = (root / "configs" / TrialRepo.CACHE_FILE_NAME).read_bytes()
+    if not data.startswith(MAGIC):
+        raise AssertionError("the cache has no journal header")
+    payloads, end = parse_frames(data, HEADER_SIZE)
+    if end != len(data):
+        raise AssertionError(f"the cache ends in {len(data) - end} unparsable bytes")
+    return {t.id for p in payloads for t in decode(p, root).trials}
+
+
+@functools.cache
+def _calls_fault_hook(target: str) -> bool:
+    impl = Impl(target)
+    reached: list[str] = []
+    previous = set_fault_hook(reached.append)
+    try:
+        with tempfile.TemporaryDirectory(prefix="neps-hook-probe-") as tmp:
+            state = impl.create(Path(tmp) / "run")
+            impl.sample(state, _probe_ask, "probe", 1, claim=False)
+    finally:
+        set_fault_hook(previous)
+    return bool(reached)
+
+
+def _probe_ask(trials: Any, budget_info: Any, n: int | None = None) -> Any:
+    del budget_info
+    sample = SampledConfig(id=str(len(trials)), config={"i": len(trials)})
+    return sample if n is None else [sample]
+
+
+@functools.cache
+def _errors_of(cls: Any) -> tuple[type[BaseException], ...]:
+    declared = getattr(cls, "neps_errors", None)
+    if declared is not None:
+        return tuple(resolve(e) for e in declared)
+    for klass in cls.__mro__:
+        package = importlib.import_module(klass.__module__.partition(".")[0])
+        root = getattr(package, "NePSError", None)
+        if isinstance(root, type) and issubclass(root, BaseException):
+            return (root,)
+    return ()
 
 
 def state_of(trial: Any) -> str:

@@ -31,6 +31,7 @@ from neps_state import (
 from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import die
 from pytest_neps._impl import Impl
+from pytest_neps._ops import OPS, Ctx, complete
 from pytest_neps._optimizers import random_search
 from pytest_neps._procs import Task, run_tasks
 from pytest_neps._swarm import run_swarm
@@ -83,22 +84,18 @@ def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], N
     mark("create")
     state = Impl().create(root, settings=settings)
     acks("create")
+    ctx = Ctx(Impl(), state, WORKER, random_search)
     for r in range(ROUNDS):
-        mark("sample")
-        sampled = state.lock_and_sample_trial(random_search, worker_id=WORKER, n=1 + r % 2)
-        for t in sampled:
-            acks("sample", t.id, "pending")
-        mark("claim")
-        trial = state.lock_and_claim_next_pending_trial(WORKER)
+        _run(ctx, "sample", (1 + r % 2,), acks, mark)
+        trial = _run(ctx, "claim", (WORKER,), acks, mark)
         if trial is None:
             raise AssertionError("the workload found nothing to claim")
-        acks("claim", trial.id, "evaluating")
         mark("report")
         err = RuntimeError(f"round {r}") if r % 2 else None
-        report = trial.set_complete(
-            report_as="crashed" if err else "success", time_end=time.time(),
-            objective_to_minimize=None if err else 1.0, cost=1.0, learning_curve=None,
-            err=err, tb="Traceback ..." if err else None, extra={}, evaluation_duration=0.1,
+        report = complete(
+            trial, "crashed" if err else "success", time_end=time.time(),
+            objective=None if err else 1.0, err=err, tb="Traceback ..." if err else None,
+            evaluation_duration=0.1,
         )  # fmt: skip
         state.lock_and_report_trial_evaluation(trial, report, worker_id=WORKER)
         acks("report", trial.id, report.reported_as)
@@ -108,10 +105,23 @@ def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], N
             pending.set_evaluating(time_started=time.time(), worker_id=WORKER)
             state.put_updated_trial(pending, hints="metadata")
             acks("update", pending.id, "evaluating")
-        mark("consolidate")
-        state.lock_and_consolidate_cache()
-        acks("consolidate")
+        _run(ctx, "consolidate", (), acks, mark)
         mark("")
+
+
+def _run(
+    ctx: Ctx, name: str, args: tuple[Any, ...], acks: Acks, mark: Callable[[str], None]
+) -> Any:
+    """Registry operation ``name`` inside ``mark(name)``; ack each trial it leaves (or itself)."""
+    op = OPS[name]
+    mark(name)
+    raw = op.call(ctx, args)
+    leaves = op.leaves(args, op.encode(raw))
+    for tid, state in leaves.items():
+        acks(name, tid, state)
+    if not leaves:
+        acks(name)
+    return raw
 
 
 class _Hook:

@@ -9,14 +9,15 @@ An event whose process was killed (``complete is None``) is *indeterminate*: it
 may have taken effect at any point after its invocation, or never. The search
 may place it anywhere after its invocation or leave it out; it never has to
 precede anything. The history is linearizable once every completed event is
-placed.
+placed. The NePS state's model, :class:`~pytest_neps._ops.NePSModel`, lives
+with the registry of operations it steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 S = TypeVar("S", bound=Hashable)
@@ -24,8 +25,6 @@ S = TypeVar("S", bound=Hashable)
 __all__ = [
     "Event",
     "Model",
-    "NePSModel",
-    "NePSModelState",
     "Verdict",
     "check",
     "format_event",
@@ -286,152 +285,3 @@ def check(history: Sequence[Event], model: Model[S], *, max_states: int = 1_000_
     state) pairs are explored, the verdict is ``ok=False, abandoned=True``.
     """
     return _Search(history, model, max_states).run()
-
-
-# -- the NePS model ---------------------------------------------------------------
-
-OUTCOMES = frozenset({"success", "failed", "crashed"})
-
-
-@dataclass(frozen=True)
-class NePSModelState:
-    """The sequential NePS state: trials ``(id, state, worker)`` and the pending queue."""
-
-    trials: tuple[tuple[str, str, str | None], ...] = ()
-    pending: tuple[str, ...] = ()
-
-    def find(self, trial_id: str) -> int | None:
-        """The position of trial ``trial_id``, or None."""
-        for k, t in enumerate(self.trials):
-            if t[0] == trial_id:
-                return k
-        return None
-
-    def set(self, k: int, state: str, worker: str | None) -> NePSModelState:
-        """A copy with trial number ``k`` in ``state`` (evaluated by ``worker``)."""
-        trials = list(self.trials)
-        trials[k] = (trials[k][0], state, worker)
-        return replace(self, trials=tuple(trials))
-
-    def snapshot(self) -> tuple[tuple[str, str], ...]:
-        """What a read returns: ``tuple(sorted((id, state) for every trial))``."""
-        return tuple(sorted((t[0], t[1]) for t in self.trials))
-
-
-class NePSModel:
-    """The NePS state as the race tests drive it, one operation at a time.
-
-    Operations (``Event.op``, ``args`` -> ``result``):
-
-    - ``sample (n,) -> ids``: the toy optimizer names trials ``str(len(trials))``
-      onwards, so ``ids`` must be the next ``n`` ids (``n=None`` means 1); they are
-      appended to the pending queue in that order. All-or-nothing: an
-      indeterminate sample adds all ``n`` (or, dropped by the checker, none).
-    - ``sample_claim (worker,) -> (id,)``: samples one trial (the next id) that is
-      evaluating by ``worker`` at once, never pending.
-    - ``claim (worker,) -> id | None``: takes the first pending trial, which
-      becomes evaluating by ``worker``; None iff nothing is pending.
-    - ``report (worker, id, outcome) -> True``: legal iff the trial is evaluating
-      (by any worker: a supervisor may report); its state becomes ``outcome``
-      (success, failed or crashed). ``-> "IllegalTransitionError"``: legal iff
-      the trial exists and is not evaluating; ``-> "TrialNotFoundError"``: legal
-      iff there is no such trial. Neither changes the state.
-    - ``read () -> tuple(sorted((id, state) for every trial))``: must equal the model's.
-    - ``get (id,) -> state | "TrialNotFoundError"``.
-
-    An indeterminate (killed) operation ignores its result: it takes the effect
-    a successful call would have had at its linearization point. Unknown
-    operations raise ``ValueError``.
-    """
-
-    def init(self) -> NePSModelState:
-        """No trials."""
-        return NePSModelState()
-
-    def format_state(self, state: NePSModelState) -> str:
-        """The state, readably: trials by id with their worker, then the pending queue."""
-        trials = ", ".join(f"{t}:{s}" + (f"@{w}" if w else "") for t, s, w in state.trials)
-        return f"trials {{{trials}}}, pending {list(state.pending)}"
-
-    def step(self, state: NePSModelState, event: Event) -> tuple[NePSModelState, ...]:
-        """The successor state, if ``event`` is legal in ``state`` (empty tuple if not)."""
-        handler = _NEPS_OPS.get(event.op)
-        if handler is None:
-            raise ValueError(f"NePSModel: unknown operation {event.op!r} in {event}")
-        nxt = handler(state, event, event.complete is not None)
-        return () if nxt is None else (nxt,)
-
-
-def _sample(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    (n,) = e.args
-    first = len(s.trials)
-    ids = tuple(str(first + k) for k in range(1 if n is None else n))
-    if done and tuple(e.result) != ids:
-        return None
-    return NePSModelState(
-        trials=s.trials + tuple((i, "pending", None) for i in ids), pending=s.pending + ids
-    )
-
-
-def _sample_claim(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    (worker,) = e.args
-    tid = str(len(s.trials))
-    if done and tuple(e.result) != (tid,):
-        return None
-    return replace(s, trials=(*s.trials, (tid, "evaluating", worker)))
-
-
-def _claim(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    (worker,) = e.args
-    if not s.pending:
-        return s if not done or e.result is None else None
-    head = s.pending[0]
-    if done and e.result != head:
-        return None
-    k = s.find(head)
-    if k is None:  # pragma: no cover - the queue only holds existing trials
-        return None
-    return replace(s.set(k, "evaluating", worker), pending=s.pending[1:])
-
-
-def _report(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    _worker, trial_id, outcome = e.args
-    if outcome not in OUTCOMES:
-        raise ValueError(f"NePSModel: report outcome must be one of {sorted(OUTCOMES)}: {e}")
-    k = s.find(trial_id)
-    evaluating = k is not None and s.trials[k][1] == "evaluating"
-    if not done:
-        return s.set(k, outcome, s.trials[k][2]) if k is not None and evaluating else s
-    if e.result is True:
-        return s.set(k, outcome, s.trials[k][2]) if k is not None and evaluating else None
-    if e.result == "IllegalTransitionError":
-        return s if k is not None and not evaluating else None
-    if e.result == "TrialNotFoundError":
-        return s if k is None else None
-    return None
-
-
-def _read(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    if not done:
-        return s
-    got = tuple(sorted(tuple(p) for p in e.result))
-    return s if got == s.snapshot() else None
-
-
-def _get(s: NePSModelState, e: Event, done: bool) -> NePSModelState | None:
-    (trial_id,) = e.args
-    if not done:
-        return s
-    k = s.find(trial_id)
-    expected = "TrialNotFoundError" if k is None else s.trials[k][1]
-    return s if e.result == expected else None
-
-
-_NEPS_OPS: dict[str, Callable[[NePSModelState, Event, bool], NePSModelState | None]] = {
-    "sample": _sample,
-    "sample_claim": _sample_claim,
-    "claim": _claim,
-    "report": _report,
-    "read": _read,
-    "get": _get,
-}

@@ -39,7 +39,7 @@ from pytest_neps._impl import as_impl, resolve, state_of
 from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
 from pytest_neps._reference import REFERENCE
-from pytest_neps._worker import NEPS_PREFIX, KillPlan, WorkerSpec, worker_main
+from pytest_neps._worker import FS_POINT, NEPS_PREFIX, KillPlan, WorkerSpec, worker_main
 
 _REPORTED = ("success", "failed", "crashed")
 
@@ -143,7 +143,11 @@ class SwarmConfig:
     """Also SIGKILL a random worker from outside every this many seconds (on average)."""
     kill_points: tuple[str, ...] = ()
     """Fault points (``neps_state.FAULT_POINTS``) a planned kill may happen at, instead of
-    after an operation; empty: kills happen between operations only."""
+    after an operation; empty: kills happen between operations only. Only for an
+    implementation that calls ``neps_state``'s fault hook (refused otherwise)."""
+    kill_fs: bool = False
+    """Planned kills happen just before a random file change (1-8) inside an operation,
+    for any implementation (``pytest_neps._fscalls``)."""
     max_kills: int | None = None
     """Stop killing after this many kills."""
     seed: int = 0
@@ -177,6 +181,8 @@ class SwarmConfig:
         unknown = set(self.kill_points) - set(FAULT_POINTS)
         if unknown:
             raise ValueError(f"unknown fault points {sorted(unknown)}; known: {FAULT_POINTS}")
+        if self.kill_fs and self.kill_points:
+            raise ValueError("kill_fs and kill_points choose where kills happen: give one")
         if self.power_cut_point is not None and self.power_cut_point not in FAULT_POINTS:
             raise ValueError(f"unknown fault point {self.power_cut_point!r}; known: {FAULT_POINTS}")
         kills = self.kill_after is not None or self.kill_rate > 0 or self.kill_every is not None
@@ -403,14 +409,18 @@ class Swarm:
             return None
         plan = None
         if c.kill_after is not None:
-            plan = KillPlan(c.kill_after, self.rng.choice(c.kill_points) if c.kill_points else None)
+            plan = KillPlan(c.kill_after, self._point(c.kill_points))
         elif c.kill_rate > 0:
             after = 1 + int(math.log(1 - self.rng.random()) / math.log(1 - c.kill_rate))
-            point = self.rng.choice((*c.kill_points, None)) if c.kill_points else None
-            plan = KillPlan(after, point)
+            plan = KillPlan(after, self._point((*c.kill_points, None)))
         if plan is not None:
             self.kills_planned += 1
         return plan
+
+    def _point(self, points: tuple[str | None, ...]) -> str | None:
+        if self.config.kill_fs:
+            return f"{FS_POINT}{self.rng.randint(1, 8)}"
+        return self.rng.choice(points) if points else None
 
     def _start(self, worker_id: str, barrier: Any = None) -> None:
         c = self.config
@@ -589,7 +599,11 @@ class SwarmConfigError(ValueError):
 
 
 def check_importable(cfg: SwarmConfig) -> None:
-    """Import what the workers will import, once, in this process."""
+    """Import what the workers will import, once, in this process.
+
+    Also refuses kills at fault points for an implementation that never reaches
+    one (they would silently never happen).
+    """
     for name in ("optimizer", "evaluation", "impl"):
         spec = getattr(cfg, name)
         if not isinstance(spec, str):
@@ -609,6 +623,14 @@ def check_importable(cfg: SwarmConfig) -> None:
                 " Worker processes import it too: its module must be importable (installed,"
                 " or on sys.path, e.g. through pytest's 'pythonpath' ini option)"
             ) from None
+    points = cfg.kill_points or (() if cfg.power_cut_point is None else (cfg.power_cut_point,))
+    if points and not as_impl(cfg.impl).calls_fault_hook():
+        raise SwarmConfigError(
+            f"kills at fault points {list(points)} cannot happen: {cfg.impl} never calls"
+            " neps_state's fault hook. Use kill_fs=True (a kill at a file change, for any"
+            " implementation), kill_rate or kill_after alone (between operations), or"
+            " kill_every (from outside)"
+        )
 
 
 def run_swarm(

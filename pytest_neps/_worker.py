@@ -9,6 +9,7 @@ worker after ``k`` operations or at a named fault point inside a later one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -27,13 +28,18 @@ from neps_state import (
 )
 from pytest_neps._evaluate import evaluate
 from pytest_neps._faults import die
+from pytest_neps._fscalls import FsCallKiller
 from pytest_neps._history import HistoryWriter
 from pytest_neps._impl import as_impl, is_trial, resolve
+from pytest_neps._ops import complete
 
 
 @dataclass(frozen=True)
 class KillPlan:
     """Kill after ``after_ops`` state operations; at ``point`` during a later one, if given.
+
+    ``point`` is a fault point of ``neps_state``, or ``"fs:N"``: just before the
+    ``N``-th file change of an operation (``_fscalls``: any implementation).
 
     With ``freeze`` the worker stops itself (SIGSTOP) at the point instead of dying,
     after announcing it: the swarm then cuts the power of every worker at once.
@@ -89,11 +95,17 @@ class _Recorder:
 
     def run(self, op: str, fn: Callable[[], Any], trials: Sequence[str] = ()) -> Any:
         plan = self.spec.kill
+        killer: Any = contextlib.nullcontext()
         if plan is not None and plan.point is not None and self.done >= plan.after_ops:
-            set_fault_hook(self._kill_at(plan.point))
+            if plan.point.startswith(FS_POINT):
+                nth = int(plan.point[len(FS_POINT) :])
+                killer = FsCallKiller(self.spec.run_dir, nth, before_dying=self._announce)
+            else:
+                set_fault_hook(self._kill_at(plan.point))
         seq = self.history.start(op, trials)
         try:
-            value = fn()
+            with killer:
+                value = fn()
         except BaseException as e:
             self.history.end(seq, ok=False, trials=trials, result=f"{type(e).__name__}: {e}")
             raise
@@ -104,6 +116,9 @@ class _Recorder:
             self.history.kill("after-op", self.done)
             die()
         return value
+
+    def _announce(self, what: str) -> None:
+        self.history.kill(f"{FS_POINT}{what}", self.done)
 
     def _kill_at(self, point: str) -> Callable[[str], None]:
         freeze = self.spec.kill is not None and self.spec.kill.freeze
@@ -144,6 +159,7 @@ def resolve_optimizer(spec: Any) -> Any:
 
 
 NEPS_PREFIX = "neps:"
+FS_POINT = "fs:"
 
 
 def worker_main(spec: WorkerSpec) -> dict[str, int]:
@@ -173,15 +189,14 @@ def worker_main(spec: WorkerSpec) -> dict[str, int]:
                 continue
             trial = sampled[0]
         outcome = evaluate(fn, trial.config)
-        report = trial.set_complete(
-            report_as=outcome.report_as,  # type: ignore[arg-type]
+        report = complete(
+            trial,
+            outcome.report_as,
             time_end=time.time(),
-            objective_to_minimize=outcome.objective,
+            objective=outcome.objective,
             cost=outcome.cost,
-            learning_curve=None,
             err=outcome.err,
             tb=outcome.tb,
-            extra={},
             evaluation_duration=outcome.duration,
         )
         rec.run("report", functools.partial(_report, state, trial, report, wid), [trial.id])

@@ -49,9 +49,10 @@ def model(impl: str, pool: Pool, examples: int, *, shrink: bool = False) -> None
 
 def races(impl: str, pool: Pool, examples: int, *, shrink: bool = False) -> None:
     """The linearizability races against ``impl``."""
+    hooks = as_impl(impl).calls_fault_hook()
 
     @budget(examples, shrink=shrink)
-    @given(plan=race_plans(workers=3))
+    @given(plan=race_plans(workers=3, fault_points=hooks))
     def prop(plan: dict[str, Any]) -> None:
         # While shrinking, a race must show up again: give each plan more chances.
         check_race(as_impl(impl), plan, pool, repeats=5 if shrink else 2)

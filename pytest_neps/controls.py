@@ -3,23 +3,31 @@
 Each class is the reference ``NePSState`` with one known defect of the seed
 design put back. A test harness that cannot catch these cannot catch anything;
 the project's tests assert that each one is caught. Never use them for real runs.
+:data:`BY_DEFECT` names the control of each seed defect (D1-D9, see
+``pytest_neps.defects``).
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from neps_state import (
+    CorruptedFileError,
     NePSState,
     OptimizationState,
     OptimizerInfo,
     OptimizerInfoMismatchError,
     Settings,
     TrialRepo,
+    _repo,
+    _state,
+    _trial,
+    _trialfiles,
 )
 from neps_state._index import TrialIndex
 from neps_state._io import dump_yaml
@@ -193,14 +201,139 @@ class TrustsDerivedFiles(NePSState):
         return
 
 
+class _TornTailRepo(TrialRepo):
+    def _absorb(self, result: ReadResult) -> None:
+        if result.bad_tail:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        super()._absorb(result)
+
+
+class TornTailBreaksReaders(NePSState):
+    """A cache that ends in a cut-short record fails every later read (D4)."""
+
+    repo_class = _TornTailRepo
+
+
+def _unchecked(trial_id: object) -> str:
+    return str(trial_id)
+
+
+class UncheckedIds(NePSState):
+    """Uses sampled trial ids as path parts without checking them (D5)."""
+
+    def lock_and_sample_trial(
+        self, optimizer: Any, *, worker_id: str, n: int | None = None, claim: bool = False
+    ) -> Any:
+        """Sample with the trial-id check switched off."""
+        modules = (_state, _trialfiles, _repo, _trial)
+        saved = [getattr(m, "validate_trial_id") for m in modules]  # noqa: B009
+        for m in modules:
+            setattr(m, "validate_trial_id", _unchecked)  # noqa: B010
+        try:
+            return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n, claim=claim)
+        finally:
+            for m, f in zip(modules, saved, strict=True):
+                setattr(m, "validate_trial_id", f)  # noqa: B010
+
+
+def _raw(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except CorruptedFileError as e:
+            raise ValueError(e.problem) from None
+
+    return call
+
+
+class RawParseErrors(NePSState):
+    """Lets a damaged file surface as a raw error that does not name it (D6)."""
+
+    lock_and_read_trials = _raw(NePSState.lock_and_read_trials)
+    lock_and_get_trial_by_id = _raw(NePSState.lock_and_get_trial_by_id)
+    unsafe_retry_get_trial_by_id = _raw(NePSState.unsafe_retry_get_trial_by_id)
+
+    @classmethod
+    def create_or_load(cls, path: Path | str, **kwargs: Any) -> NePSState:
+        """Create or load; a damaged file is a raw ``ValueError``."""
+        state: NePSState = _raw(super().create_or_load)(path, **kwargs)
+        return state
+
+
+class TwoStepClaim(NePSState):
+    """Has no atomic claim: taking a pending trial and marking it evaluating are two steps (D7).
+
+    The harness then takes trials the seed's way (get the next pending one, put it
+    evaluating), and two workers can take the same trial.
+    """
+
+    lock_and_claim_next_pending_trial = None  # type: ignore[assignment]
+
+    def lock_and_sample_trial(  # type: ignore[override]
+        self, optimizer: Any, *, worker_id: str, n: int | None = None
+    ) -> Any:
+        """Sample (never already claimed: the seed's signature)."""
+        return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n)
+
+
+class _RereadingRepo(TrialRepo):
+    def sync(self) -> None:
+        self._journal.close()  # every operation reads the whole cache again
+        super().sync()
+
+
+class RereadsEverything(NePSState):
+    """Reads the whole cache in every operation: a cycle's cost grows with the run (D8)."""
+
+    repo_class = _RereadingRepo
+
+
+class _FolderAfterCommitRepo(_ForgetfulRepo):
+    def _place(self, staging: Path, path: Path) -> None:
+        self._journal.append(self._pending_payload)
+        super()._place(staging, path)
+
+    def store_new_trial(self, trial: Any, *, optimizer_state: bytes | None = None) -> None:
+        batch = [trial] if not isinstance(trial, list) else trial
+        self._pending_payload = encode(Record(list(batch), optimizer_state=optimizer_state))
+        super().store_new_trial(trial, optimizer_state=optimizer_state)
+
+
+class CacheBeforeFolder(NePSState):
+    """Commits a new trial to the cache before its folder exists, recovering nothing (D9)."""
+
+    repo_class = _FolderAfterCommitRepo
+
+
+BY_DEFECT: dict[str, str] = {
+    "D1": "EmptyAfterCacheLoss",
+    "D2": "UnlockedCreate",
+    "D3": "InPlaceWrites",
+    "D4": "TornTailBreaksReaders",
+    "D5": "UncheckedIds",
+    "D6": "RawParseErrors",
+    "D7": "TwoStepClaim",
+    "D8": "RereadsEverything",
+    "D9": "CacheBeforeFolder",
+}
+"""The control of each seed defect."""
+
 __all__ = [
+    "BY_DEFECT",
+    "CacheBeforeFolder",
     "EmptyAfterCacheLoss",
     "InPlaceWrites",
     "LossyConsolidation",
     "NoCrashRecovery",
+    "RawParseErrors",
+    "RereadsEverything",
     "SkipsJournalFsync",
     "StaleCacheRead",
+    "TornTailBreaksReaders",
     "TrustsDerivedFiles",
+    "TwoStepClaim",
+    "UncheckedIds",
     "UnlockedCreate",
     "UnlockedSampling",
     "write_in_place",

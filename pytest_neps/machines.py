@@ -1,12 +1,15 @@
 """A model-based Hypothesis state machine for any NePS state implementation.
 
-The real state runs beside an in-memory model. Rules sample (one or a batch),
-claim, report (success, failed with an error, crashed), update trials with
-``put_updated_trial``, force a consolidation, open more handles on the same
-directory, and damage the directory the way crashes do (lose the cache file,
-tear its tail, leave stray temp files). After every step every handle's view
-must equal the model, the cache must agree with the trial folders, and the error
-dump must hold one record per reported error.
+The real state runs beside the sequential model of ``_ops`` (the one the
+linearizability checker judges races by), and every operation goes through the
+registry ``_ops.OPS``. Rules sample (one or a batch), claim, report (success,
+failed with an error, crashed), update trials with ``put_updated_trial``, force a
+consolidation, open more handles on the same directory, and damage the directory
+the way crashes do (lose the cache file, tear its tail, leave stray temp files).
+Handles and trial ids are Bundles, so a shrunk example still names the same
+ones. After every step every handle's view must equal the model, the cache must
+agree with the trial folders, and the error dump must hold one record per
+reported error.
 
     from hypothesis.stateful import run_state_machine_as_test
     run_state_machine_as_test(model_machine("my_pkg.state:MyState"))
@@ -26,15 +29,28 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    MultipleResults,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
 
 from neps_state import SampledConfig
 from neps_state._journal import frame
 from pytest_neps._checker import check_run_dir
 from pytest_neps._impl import Impl, as_impl
+from pytest_neps._linearize import Event
+from pytest_neps._ops import OPS, OUTCOMES, Ctx, NePSModel, NePSModelState, complete, from_json
+from pytest_neps.defects import finding
 
-OUTCOMES = ("success", "failed", "crashed")
 MAX_HANDLES = 4
+MODEL = NePSModel()
 
 
 def ask(trials: Mapping[str, Any], budget_info: Any, n: int | None = None) -> Any:
@@ -45,136 +61,170 @@ def ask(trials: Mapping[str, Any], budget_info: Any, n: int | None = None) -> An
     return configs[0] if n is None else configs
 
 
-@dataclass
-class ModelTrial:
-    """What the model knows of one trial."""
+@dataclass(frozen=True, eq=False)
+class Handle:
+    """A handle on the run directory, numbered in the order it was opened."""
 
-    order: int
-    state: str = "pending"
-    worker: str | None = None
-    outcome: str | None = None
-    err: str | None = None
+    number: int
+    state: Any
+
+
+def _error(trial_id: str, outcome: str) -> RuntimeError | None:
+    return None if outcome == "success" else RuntimeError(f"{outcome} at {trial_id}")
+
+
+def _report(trial: Any, outcome: str) -> Any:
+    """Every report field set (a NaN cost for trial 3); an error unless a success."""
+    err = _error(trial.id, outcome)
+    return complete(
+        trial,
+        outcome,
+        time_end=1.0,
+        objective=float(trial.id) if err is None else None,
+        cost=math.nan if trial.id == "3" else 1.0,
+        learning_curve=[1.0, 0.5],
+        err=err,
+        tb=None if err is None else "Traceback: ...",
+        extra={"tid": trial.id},
+        evaluation_duration=0.5,
+    )
 
 
 class NePSStateMachine(RuleBasedStateMachine):
-    """Drive an implementation (``impl``) and an in-memory model side by side."""
+    """Drive an implementation (``impl``) and the sequential model side by side."""
 
     impl: ClassVar[Impl] = Impl()
+    handles = Bundle[Handle]("handles")
+    trials = Bundle[str]("trials")
+    claimed = Bundle[str]("claimed")
 
     def __init__(self) -> None:
-        """Create a fresh run directory with one handle on it."""
+        """An empty model; the run directory is made by the first step."""
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="neps-machine-"))
         self.root = self.tmp / "run"
-        self.handles = [self.impl.create(self.root)]
-        self.model: dict[str, ModelTrial] = {}
+        self.opened: list[Handle] = []
+        self.model = NePSModelState()
+        self.reports: dict[str, tuple[str, str | None]] = {}  # trial -> (outcome, error)
         self.errors: Counter[str] = Counter()
+        self.damage: str | None = None
+        """The seed defect a failure right after the last damage would be (D1, D4)."""
 
     def teardown(self) -> None:
         """Remove the run directory."""
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def handle(self, h: int) -> Any:
-        """One of the open handles."""
-        return self.handles[h % len(self.handles)]
+    def _open(self, state: Any) -> Handle:
+        handle = Handle(len(self.opened), state)
+        self.opened.append(handle)
+        return handle
 
-    def ids_in(self, *states: str) -> list[str]:
-        """Ids of the model's trials in any of ``states``, sorted."""
-        return sorted(t for t, m in self.model.items() if m.state in states)
+    def apply(
+        self, name: str, handle: Handle, worker: str, args: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        """Run ``name`` through the registry; its raw and model results, if the model agrees.
 
-    @rule(h=st.integers(0, MAX_HANDLES - 1), n=st.sampled_from([None, 1, 2, 3]))
-    def sample(self, h: int, n: int | None) -> None:
+        An error the model does not expect is raised as it is.
+        """
+        op = OPS[name]
+        ctx = Ctx(self.impl, handle.state, worker, ask, _report)
+        error: Exception | None = None
+        try:
+            raw = op.call(ctx, args)
+            result = from_json(op.encode(raw))
+        except Exception as e:  # noqa: BLE001 - the model says whether this error is legal
+            raw, result, error = None, type(e).__name__, e
+        nxt = MODEL.step(self.model, Event(worker, name, args, result, 0, 0))
+        if not nxt:
+            what = (
+                f"handle {handle.number}: {name}{args} -> {result!r} "
+                f"is illegal in {MODEL.format_state(self.model)}"
+            )
+            if self.damage is not None:
+                raise finding(self.damage, f"right after that damage, {what}") from error
+            if error is not None:
+                raise error
+            raise AssertionError(what)
+        (self.model,) = nxt
+        return raw, result
+
+    def owner(self, trial_id: str) -> str | None:
+        """The worker the model says evaluates (or evaluated) ``trial_id``."""
+        return next(w for t, _, w in self.model.trials if t == trial_id)
+
+    @initialize(target=handles)
+    def create(self) -> Handle:
+        """Create the run directory with one handle on it."""
+        return self._open(self.impl.create(self.root))
+
+    @rule(target=trials, handle=handles, n=st.sampled_from([None, 1, 2, 3]))
+    def sample(self, handle: Handle, n: int | None) -> MultipleResults[str]:
         """Sample one trial (n=None) or a batch."""
-        result = self.handle(h).lock_and_sample_trial(ask, worker_id=f"sampler{h}", n=n)
-        trials = [result] if n is None else result
-        expected = [str(len(self.model) + i) for i in range(n or 1)]
-        assert [t.id for t in trials] == expected, f"sampled {[t.id for t in trials]}"
-        for tid in expected:
-            self.model[tid] = ModelTrial(order=int(tid))
+        _, ids = self.apply("sample", handle, f"sampler{handle.number}", (n,))
+        return multiple(*ids)
 
-    @rule(h=st.integers(0, MAX_HANDLES - 1), w=st.integers(0, 2))
-    def claim(self, h: int, w: int) -> None:
+    @rule(target=claimed, handle=handles, w=st.integers(0, 2))
+    def claim(self, handle: Handle, w: int) -> MultipleResults[str]:
         """Claim the earliest pending trial (or find none)."""
-        pending = sorted(self.ids_in("pending"), key=lambda t: self.model[t].order)
-        got = self.impl.claim(self.handle(h), f"worker{w}")
-        assert (got.id if got else None) == (pending[0] if pending else None)
-        if got is not None:
-            self.model[got.id].state, self.model[got.id].worker = "evaluating", f"worker{w}"
+        worker = f"worker{w}"
+        _, tid = self.apply("claim", handle, worker, (worker,))
+        return multiple() if tid is None else multiple(tid)
 
-    @precondition(lambda self: self.ids_in("evaluating"))
-    @rule(h=st.integers(0, MAX_HANDLES - 1), data=st.data(), outcome=st.sampled_from(OUTCOMES))
-    def report(self, h: int, data: st.DataObject, outcome: str) -> None:
-        """Report an evaluating trial as success, failed (with an error) or crashed."""
-        tid = data.draw(st.sampled_from(self.ids_in("evaluating")), label="trial")
-        state, m = self.handle(h), self.model[tid]
-        trial = state.lock_and_get_trial_by_id(tid)
-        err = None if outcome == "success" else RuntimeError(f"{outcome} at {tid}")
-        report = trial.set_complete(
-            report_as=outcome,
-            time_end=1.0,
-            objective_to_minimize=float(tid) if err is None else None,
-            cost=math.nan if tid == "3" else 1.0,
-            learning_curve=[1.0, 0.5],
-            err=err,
-            tb=None if err is None else "Traceback: ...",
-            extra={"tid": tid},
-            evaluation_duration=0.5,
-        )
-        state.lock_and_report_trial_evaluation(trial, report, worker_id=m.worker)
-        m.state, m.outcome, m.err = outcome, outcome, None if err is None else str(err)
-        self.errors[tid] += err is not None
+    @rule(handle=handles, tid=consumes(claimed), outcome=st.sampled_from(OUTCOMES))
+    def report(self, handle: Handle, tid: str, outcome: str) -> None:
+        """Report a claimed trial as success, failed (with an error) or crashed.
 
-    @precondition(lambda self: self.model)
-    @rule(
-        h=st.integers(0, MAX_HANDLES - 1),
-        data=st.data(),
-        action=st.sampled_from(["reset", "corrupt"]),
-    )
-    def put_updated(self, h: int, data: st.DataObject, action: str) -> None:
+        By its evaluating worker; one reset or corrupted since must be refused.
+        """
+        worker = self.owner(tid) or "machine"
+        _, result = self.apply("report", handle, worker, (worker, tid, outcome))
+        if result is True:
+            err = _error(tid, outcome)
+            self.reports[tid] = (outcome, None if err is None else str(err))
+            self.errors[tid] += err is not None
+
+    @rule(handle=handles, tid=trials, action=st.sampled_from(["reset", "corrupt"]))
+    def put_updated(self, handle: Handle, tid: str, action: str) -> None:
         """Reset a trial to pending, or mark it corrupted, with ``put_updated_trial``."""
-        tid = data.draw(st.sampled_from(sorted(self.model)), label="trial")
-        state, m = self.handle(h), self.model[tid]
-        trial = state.lock_and_get_trial_by_id(tid)
+        self.apply(action, handle, "machine", (tid,))
         if action == "reset":
-            trial.reset()
-            m.state, m.worker, m.outcome, m.err = "pending", None, None, None
-        else:
-            trial.set_corrupted()
-            m.state = "corrupted"
-        state.put_updated_trial(trial)
+            self.reports.pop(tid, None)
 
-    @rule(h=st.integers(0, MAX_HANDLES - 1))
-    def consolidate(self, h: int) -> None:
+    @rule(handle=handles)
+    def consolidate(self, handle: Handle) -> None:
         """Force a cache consolidation (where the implementation has one)."""
-        self.impl.consolidate(self.handle(h))
+        self.apply("consolidate", handle, "machine", ())
 
-    @precondition(lambda self: len(self.handles) < MAX_HANDLES)
-    @rule()
-    def open_handle(self) -> None:
+    @precondition(lambda self: len(self.opened) < MAX_HANDLES)
+    @rule(target=handles)
+    def open_handle(self) -> Handle:
         """Open another handle on the same directory, as another worker would."""
-        self.handles.append(self.impl.load(self.root))
+        return self._open(self.impl.load(self.root))
+
+    def _caches(self) -> list[Path]:
+        """The trial cache files (``configs/.trial_cache*``, NePS's layout)."""
+        return [p for p in (self.root / "configs").glob(".trial_cache*") if p.is_file()]
 
     @rule()
     def lose_cache(self) -> None:
-        """Delete the trial cache file."""
-        (self.root / "configs" / ".trial_cache.journal").unlink(missing_ok=True)
+        """Delete the trial cache file(s)."""
+        for cache in self._caches():
+            cache.unlink()
+        self.damage = "D1"
 
-    @rule(garbage=st.booleans(), cut=st.integers(1, 40))
-    def tear_cache_tail(self, garbage: bool, cut: int) -> None:
+    @rule(kind=st.sampled_from(["garbage", "frame", "pickle"]), cut=st.integers(1, 40))
+    def tear_cache_tail(self, kind: str, cut: int) -> None:
         """Append what a crash mid-append leaves: part of a record, or garbage."""
-        cache = self.root / "configs" / ".trial_cache.journal"
-        if not cache.exists():
-            return
-        record = frame(pickle.dumps(["an append that never finished"]))
-        tail = os.urandom(cut) if garbage else record[: min(cut, len(record) - 1)]
-        with cache.open("ab") as f:
-            f.write(tail)
+        payload = pickle.dumps(["an append that never finished"])
+        record = {"garbage": os.urandom(cut), "frame": frame(payload), "pickle": payload}[kind]
+        for cache in self._caches():
+            with cache.open("ab") as f:
+                f.write(record[: min(cut, len(record) - 1)])
+            self.damage = "D4"
 
-    @precondition(lambda self: self.model)
-    @rule(data=st.data())
-    def stray_temp_files(self, data: st.DataObject) -> None:
+    @rule(tid=trials)
+    def stray_temp_files(self, tid: str) -> None:
         """Leave temp files and a staging folder where a killed writer would."""
-        tid = data.draw(st.sampled_from(sorted(self.model)), label="trial")
         folder = self.root / "configs" / f"config_{tid}"
         (folder / ".metadata.json.tmp-dead01").write_bytes(b'{"id": "half')
         (self.root / ".optimizer_state.pkl.tmp-dead02").write_bytes(b"\x80\x05")
@@ -190,26 +240,26 @@ class NePSStateMachine(RuleBasedStateMachine):
         """
         self._handles_see_the_model()
         self._directory_is_consistent()
+        self.damage = None
 
     def _handles_see_the_model(self) -> None:
-        for k, state in enumerate(self.handles):
-            trials = state.lock_and_read_trials()
-            assert sorted(trials) == sorted(self.model), f"handle {k} sees {sorted(trials)}"
-            for tid, m in self.model.items():
+        for handle in self.opened:
+            k = handle.number
+            trials, _ = self.apply("read", handle, "machine", ())  # the model checks the states
+            for tid, state, worker in self.model.trials:
                 t = trials[tid]
                 seen = (t.metadata.state.value, t.metadata.evaluating_worker_id, t.config)
-                want = (m.state, m.worker, {"i": int(tid)})
-                if m.state == "pending":
-                    want = (m.state, None, {"i": int(tid)})
+                want = (state, None if state == "pending" else worker, {"i": int(tid)})
                 assert seen == want, f"handle {k}, trial {tid}: {seen} != {want}"
                 outcome = None if t.report is None else t.report.reported_as
                 err = None if t.report is None or t.report.err is None else str(t.report.err)
-                assert (outcome, err) == (m.outcome, m.err), f"handle {k}, trial {tid} report"
+                want_report = self.reports.get(tid, (None, None))
+                assert (outcome, err) == want_report, f"handle {k}, trial {tid} report"
 
     def _directory_is_consistent(self) -> None:
         violations = check_run_dir(self.root)
         assert not violations, "\n".join(map(str, violations))
-        dump = self.handles[0].lock_and_get_errors()
+        dump = self.opened[0].state.lock_and_get_errors()
         assert Counter(e.trial_id for e in dump.errs) == +self.errors
 
 

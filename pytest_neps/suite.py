@@ -4,9 +4,12 @@ In a test module of your project::
 
     from pytest_neps.suite import *  # noqa: F403
 
-runs the model machine, the linearizability races, the creation races and the
-consolidation property against ``neps_impl`` (``--neps-impl module:attr`` or a
-fixture override); the races use the plugin's ``neps_pool`` of worker processes.
+runs the model machine, the linearizability races, the creation races, the
+consolidation property and the probes for the seed's defects (``probes``: unsafe
+ids, damaged files, a torn cache tail, a crash at every file change of a sample,
+cost growth) against ``neps_impl`` (``--neps-impl module:attr`` or a fixture
+override); the races use the plugin's ``neps_pool`` of worker processes. A
+failure that is a known seed defect names it (``D1``-``D9``, ``pytest_neps.defects``).
 The properties carry their own settings (no deadline: an example starts
 processes), so they pass under any profile; the budget is the profile's
 (``--hypothesis-profile=neps-ci``, 25 examples; ``neps-stress``, 400), and 25 under
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
@@ -26,6 +30,18 @@ from pytest_neps._pool import Pool
 from pytest_neps._profiles import suite_settings
 from pytest_neps.machines import model_machine
 from pytest_neps.plugin import POOL_SIZE
+from pytest_neps.probes import (
+    DAMAGED_FILES,
+    DAMAGES,
+    TORN_TAILS,
+    UNSAFE_IDS,
+    NotApplicable,
+    check_cost_growth,
+    check_crash_inside_sample,
+    check_damaged_file,
+    check_torn_cache,
+    check_unsafe_id,
+)
 from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
 
 SETTINGS = suite_settings()
@@ -39,10 +55,16 @@ def test_model_machine(neps_impl: str) -> None:
 
 
 @SETTINGS
-@given(plan=race_plans(workers=3))
-def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, plan: dict[str, Any]) -> None:
-    """Concurrent batches (with kills) leave a linearizable history."""
-    check_race(as_impl(neps_impl), plan, neps_pool)
+@given(data=st.data())
+def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, data: st.DataObject) -> None:
+    """Concurrent batches (with kills) leave a linearizable history.
+
+    Kills are at file changes (any implementation) and, for one that calls
+    ``neps_state``'s fault hook, at its named fault points.
+    """
+    impl = as_impl(neps_impl)
+    plan = data.draw(race_plans(workers=3, fault_points=impl.calls_fault_hook()), label="plan")
+    check_race(impl, plan, neps_pool)
 
 
 @SETTINGS
@@ -69,9 +91,61 @@ def test_consolidation(  # noqa: PLR0917 - Hypothesis passes drawn values by nam
     )
 
 
+@pytest.mark.parametrize("trial_id", UNSAFE_IDS, ids=repr)
+def test_unsafe_trial_ids_are_refused(neps_impl: str, trial_id: str) -> None:
+    """An id that would leave the run directory is refused; nothing is written outside."""
+    check_unsafe_id(as_impl(neps_impl), trial_id)
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("name", DAMAGED_FILES)
+def test_a_damaged_file_is_a_typed_error_naming_it(neps_impl: str, name: str, how: str) -> None:
+    """A damaged file is read back, or refused by the implementation's own error naming it."""
+    _applicable(check_damaged_file, as_impl(neps_impl), name, how)
+
+
+@pytest.mark.parametrize("tail", TORN_TAILS, ids=repr)
+def test_a_torn_cache_tail_hides_no_trial(neps_impl: str, tail: bytes) -> None:
+    """Bytes of a record cut short at the end of the cache break no reader."""
+    _applicable(check_torn_cache, as_impl(neps_impl), tail)
+
+
+def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:
+    """A sample killed before each of its file changes leaves no trial without its folder."""
+    impl = as_impl(neps_impl)
+    for nth in range(1, MAX_FILE_CHANGES + 1):
+        try:
+            check_crash_inside_sample(impl, nth, neps_pool)
+        except NotApplicable:
+            if nth == 1:
+                raise
+            return
+    pytest.fail(f"a sample made more than {MAX_FILE_CHANGES} file changes: raise the bound")
+
+
+def test_a_cycle_costs_the_same_at_2000_trials(neps_impl: str) -> None:
+    """A cycle at 2000 trials costs at most twice one at 20 (medians, side by side)."""
+    check_cost_growth(as_impl(neps_impl), large=2000)
+
+
+MAX_FILE_CHANGES = 40
+
+
+def _applicable(check: Any, *args: Any) -> None:
+    try:
+        check(*args)
+    except NotApplicable as e:
+        pytest.skip(f"cannot run on this implementation: {e}")
+
+
 __all__ = [
+    "test_a_crash_at_every_file_change_of_a_sample",
+    "test_a_cycle_costs_the_same_at_2000_trials",
+    "test_a_damaged_file_is_a_typed_error_naming_it",
+    "test_a_torn_cache_tail_hides_no_trial",
     "test_consolidation",
     "test_creation_race",
     "test_model_machine",
     "test_races_are_linearizable",
+    "test_unsafe_trial_ids_are_refused",
 ]

@@ -23,6 +23,9 @@ from neps_state import BudgetInfo, OptimizationState, OptimizerInfo
 class UpstreamNePSState:
     """A NePS ``NePSState``; every attribute but ``create_or_load`` is NePS's own."""
 
+    neps_errors = ("neps.exceptions:NePSError",)
+    """NePS's own error root: a refusal of this class is typed, anything else is not."""
+
     def __init__(self, inner: Any) -> None:
         """Wrap the NePS state ``inner``."""
         self._inner = inner

@@ -11,6 +11,7 @@ from pytest_neps._fuzz import fuzz
 INPUTS = 10_000
 
 
+@pytest.mark.timeout(3600)  # ~10 minutes on 2 cores
 def test_ten_thousand_damaged_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     logging.disable(logging.WARNING)
     try:

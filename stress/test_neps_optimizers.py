@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from neps_state import Settings
 from pytest_neps._swarm import run_swarm
 
 pytest.importorskip(
@@ -33,6 +34,10 @@ def test_a_neps_optimizer_in_a_swarm_with_kills(
         kill_rate=0.02,
         timeout=3600,
         seed=7,
+        # A sample holds the optimizer lock while the optimizer thinks: NePS's Bayesian
+        # optimization fits a GP there (tens of seconds on 2 busy cores), and the
+        # workers queued behind it would outwait the default 120 s (NePS's default too).
+        settings=Settings(durability="os", lock_timeout=None),
     )
     s = result.summary()
     chains = sum(t.metadata.previous_trial_id is not None for t in result.trials.values())

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from pytest_neps._linearize import (
     Event,
     Model,
-    NePSModel,
     Verdict,
     check,
     format_history,
 )
+from pytest_neps._ops import NePSModel
 
 # -- helpers ----------------------------------------------------------------------
 

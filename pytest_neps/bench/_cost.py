@@ -22,6 +22,7 @@ from neps_state import (
 )
 from neps_state._trial import Report
 from pytest_neps._evaluate import quadratic
+from pytest_neps._ops import complete
 from pytest_neps._optimizers import random_search
 from pytest_neps.bench._common import (
     BATCH_SIZE,
@@ -70,17 +71,7 @@ class _Runner:
 
 def _succeed(trial: Trial, time_end: float) -> Report:
     """Complete ``trial`` as a success of the toy objective; return its report."""
-    return trial.set_complete(
-        report_as="success",
-        time_end=time_end,
-        objective_to_minimize=quadratic(trial.config),
-        cost=1.0,
-        learning_curve=None,
-        err=None,
-        tb=None,
-        extra={},
-        evaluation_duration=0.0,
-    )
+    return complete(trial, "success", time_end=time_end, objective=quadratic(trial.config))
 
 
 class _Ours(_Runner):

@@ -1,0 +1,87 @@
+"""Each seed defect's negative control is reported by the suite, by the defect's id.
+
+The probes (``pytest_neps.probes``) run against the control of each defect they
+look for and must fail naming it; against the reference they find nothing
+(``tests/test_suite.py`` runs the whole suite there).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_neps import probes
+from pytest_neps._impl import Impl, as_impl
+from pytest_neps._pool import Pool
+from pytest_neps.controls import BY_DEFECT
+from pytest_neps.defects import DEFECTS, finding, named
+
+
+def control(defect: str) -> Impl:
+    return as_impl(f"pytest_neps.controls:{BY_DEFECT[defect]}")
+
+
+def findings(check: object, *cases: tuple[object, ...]) -> list[str]:
+    """The defects named by the failures of ``check`` over ``cases``."""
+    out = []
+    for args in cases:
+        try:
+            check(*args)  # type: ignore[operator]
+        except AssertionError as e:
+            out += named(str(e))
+        except probes.NotApplicable:
+            continue
+    return out
+
+
+def test_every_defect_has_a_control() -> None:
+    assert sorted(BY_DEFECT) == sorted(DEFECTS) == [f"D{i}" for i in range(1, 10)]
+    assert named(str(finding("D3", "x"))) == ["D3"]
+
+
+def test_unchecked_ids_are_d5() -> None:
+    impl = control("D5")
+    found = findings(probes.check_unsafe_id, *((impl, tid) for tid in probes.UNSAFE_IDS))
+    assert found
+    assert set(found) == {"D5"}
+
+
+def test_raw_parse_errors_are_d6() -> None:
+    impl = control("D6")
+    cases = [(impl, f, how) for f in probes.DAMAGED_FILES for how in probes.DAMAGES]
+    found = findings(probes.check_damaged_file, *cases)
+    assert len(found) >= 5
+    assert set(found) == {"D6"}
+
+
+def test_a_torn_tail_that_breaks_readers_is_d4() -> None:
+    impl = control("D4")
+    found = findings(probes.check_torn_cache, *((impl, t) for t in probes.TORN_TAILS))
+    assert found == ["D4"] * len(probes.TORN_TAILS)
+
+
+def test_a_cache_record_before_its_folder_is_d9(neps_pool: Pool) -> None:
+    impl = control("D9")
+    cases = [(impl, n, neps_pool) for n in range(1, 30)]
+    assert findings(probes.check_crash_inside_sample, *cases) == ["D9"]
+
+
+def test_rereading_everything_is_d8() -> None:
+    with pytest.raises(AssertionError) as e:
+        probes.check_cost_growth(control("D8"), large=2000)
+    assert named(str(e.value)) == ["D8"]
+
+
+@pytest.mark.parametrize("defect", ["D4", "D5", "D6", "D9"])
+def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
+    impl = as_impl("neps_state:NePSState")
+    cases = {
+        "D4": (probes.check_torn_cache, [(impl, t) for t in probes.TORN_TAILS]),
+        "D5": (probes.check_unsafe_id, [(impl, t) for t in probes.UNSAFE_IDS]),
+        "D6": (
+            probes.check_damaged_file,
+            [(impl, f, h) for f in probes.DAMAGED_FILES for h in probes.DAMAGES],
+        ),
+        "D9": (probes.check_crash_inside_sample, [(impl, n, neps_pool) for n in range(1, 30)]),
+    }
+    check, args = cases[defect]
+    assert findings(check, *args) == []
