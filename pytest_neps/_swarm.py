@@ -40,6 +40,7 @@ from pytest_neps._observer import observe
 from pytest_neps._procs import Group, ProcessOutcome, Task
 from pytest_neps._reference import REFERENCE
 from pytest_neps._worker import FS_POINT, NEPS_PREFIX, KillPlan, WorkerSpec, worker_main
+from pytest_neps.defects import finding
 
 _REPORTED = ("success", "failed", "crashed")
 
@@ -298,7 +299,10 @@ class SwarmResult:
             ]
         for w in self.workers:
             if w.failed and not w.outcome.timed_out:
-                out.append(f"worker lost: {w.outcome.describe()}")
+                lost = f"worker lost: {w.outcome.describe()}"
+                if "optimizer_state" in lost:
+                    lost = str(finding("D3", lost))
+                out.append(lost)
         out += [f"observer lost: {o.describe()}" for o in self.observers if not o.ok]
         if self.config.cuts_power:
             if self.power_cut_s is None:
@@ -588,7 +592,7 @@ class Swarm:
             result.observers.append(out)
             if out.ok:
                 result.violations += [
-                    Violation("no partial reads", path, detail)
+                    Violation("no partial reads", path, str(finding("D3", detail)))
                     for path, detail in out.value["problems"]
                 ]
         return result

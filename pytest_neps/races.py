@@ -309,15 +309,32 @@ def consolidation_writer(job: ConsolidationJob) -> None:
         os.environ.clear()
         os.environ.update(saved)
     rec = HistoryWriter(job.acks, "writer")
+    steps = [_simplest(s) for s in job.steps]
+    if job.crash is not None and job.crash[0] == FS_KILL:
+        try:
+            with FsCallKiller(job.root, job.crash[1], before_dying=lambda _: job.done.touch()):
+                _run_ops(job.impl, state, "writer", steps, rec)
+        finally:
+            job.done.touch()
+        return
     hook = None
     if job.crash is not None:
         hook = KillAt(job.crash[0], job.crash[1], before_dying=lambda _: job.done.touch())
     previous = set_fault_hook(hook)
     try:
-        _run_ops(job.impl, state, "writer", [_simplest(s) for s in job.steps], rec)
+        _run_ops(job.impl, state, "writer", steps, rec)
     finally:
         set_fault_hook(previous)
         job.done.touch()
+
+
+def consolidation_crashes(*, fault_points: bool) -> st.SearchStrategy[tuple[str, int] | None]:
+    """No crash, a crash before a file change, or (fault hooks) inside a consolidation."""
+    crashes = st.none() | st.tuples(st.just(FS_KILL), st.integers(1, 60))
+    if fault_points:
+        points = st.sampled_from(["consolidate.written", "consolidate.renamed"])
+        crashes |= st.tuples(points, st.integers(1, 3))
+    return crashes
 
 
 def _simplest(name: str) -> tuple[Any, ...]:
@@ -354,6 +371,8 @@ def check_consolidation(
         ]
         outcomes = pool.run(calls, timeout=60)
         lost = [o.describe() for o in outcomes if not o.ok and not (o.signal == 9 and crash)]
+        if any("optimizer_state" in text for text in lost):
+            raise finding("D3", "a process failed reading the optimizer state:\n" + "\n".join(lost))
         assert not lost, "processes died:\n" + "\n".join(lost)
         acked = _acknowledged(tmp / "writer.jsonl")
         _check_cache_generation(impl, root, acked)

@@ -18,6 +18,7 @@ Hypothesis's ``default`` profile, so plain ``pytest`` runs them in CI time.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
 from pytest_neps._profiles import suite_settings
+from pytest_neps._swarm import SwarmConfig, run_swarm
 from pytest_neps.machines import model_machine
 from pytest_neps.plugin import POOL_SIZE
 from pytest_neps.probes import (
@@ -42,7 +44,14 @@ from pytest_neps.probes import (
     check_torn_cache,
     check_unsafe_id,
 )
-from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
+from pytest_neps.races import (
+    INFOS,
+    check_consolidation,
+    check_creation,
+    check_race,
+    consolidation_crashes,
+    race_plans,
+)
 
 SETTINGS = suite_settings()
 """The settings of every property below (see the module's docstring)."""
@@ -78,16 +87,17 @@ def test_creation_race(neps_impl: str, neps_pool: Pool, infos: list[str]) -> Non
 @given(
     steps=st.lists(st.sampled_from(["sample", "claim", "report"]), min_size=3, max_size=20),
     limit=st.integers(1, 4),
-    crash=st.none()
-    | st.tuples(st.sampled_from(["consolidate.written", "consolidate.renamed"]), st.integers(1, 3)),
     readers=st.integers(1, 2),
+    data=st.data(),
 )
 def test_consolidation(  # noqa: PLR0917 - Hypothesis passes drawn values by name
-    neps_impl: str, neps_pool: Pool, steps: list[str], limit: int, crash: Any, readers: int
+    neps_impl: str, neps_pool: Pool, steps: list[str], limit: int, readers: int, data: Any
 ) -> None:
     """Consolidations under readers and crashes lose nothing; the cache is old or new."""
+    impl = as_impl(neps_impl)
+    crash = data.draw(consolidation_crashes(fault_points=impl.calls_fault_hook()), label="crash")
     check_consolidation(
-        as_impl(neps_impl), steps=steps, limit=limit, crash=crash, readers=readers, pool=neps_pool
+        impl, steps=steps, limit=limit, crash=crash, readers=readers, pool=neps_pool
     )
 
 
@@ -123,6 +133,15 @@ def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Poo
     pytest.fail(f"a sample made more than {MAX_FILE_CHANGES} file changes: raise the bound")
 
 
+def test_a_swarm_never_shows_a_half_written_file(neps_impl: str, tmp_path: Path) -> None:
+    """3 workers and a lock-free reader: no file is ever seen partially written (D3)."""
+    result = run_swarm(
+        SwarmConfig(impl=neps_impl, workers=3, trials=60, observers=1, timeout=300),
+        tmp_path / "run",
+    )
+    result.assert_consistent()
+
+
 def test_a_cycle_costs_the_same_at_2000_trials(neps_impl: str) -> None:
     """A cycle at 2000 trials costs at most twice one at 20 (medians, side by side)."""
     check_cost_growth(as_impl(neps_impl), large=2000)
@@ -142,6 +161,7 @@ __all__ = [
     "test_a_crash_at_every_file_change_of_a_sample",
     "test_a_cycle_costs_the_same_at_2000_trials",
     "test_a_damaged_file_is_a_typed_error_naming_it",
+    "test_a_swarm_never_shows_a_half_written_file",
     "test_a_torn_cache_tail_hides_no_trial",
     "test_consolidation",
     "test_creation_race",

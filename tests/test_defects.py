@@ -7,11 +7,15 @@ look for and must fail naming it; against the reference they find nothing
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pytest_neps import probes
+from pytest_neps import catching, probes
 from pytest_neps._impl import Impl, as_impl
 from pytest_neps._pool import Pool
+from pytest_neps._swarm import SwarmConfig, run_swarm
+from pytest_neps.catching import CONTROL
 from pytest_neps.controls import BY_DEFECT
 from pytest_neps.defects import DEFECTS, finding, named
 
@@ -85,3 +89,39 @@ def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
     }
     check, args = cases[defect]
     assert findings(check, *args) == []
+
+
+def _named_failure(run: object, *args: object) -> list[str]:
+    with pytest.raises(BaseException) as info:
+        run(*args)  # type: ignore[operator]
+    return named("\n".join(_texts(info.value)))
+
+
+def _texts(error: BaseException) -> list[str]:
+    out = [str(error), *getattr(error, "__notes__", [])]
+    for sub in getattr(error, "exceptions", ()):
+        out += _texts(sub)
+    return out
+
+
+def test_a_read_after_cache_loss_is_d1(neps_pool: Pool) -> None:
+    found = _named_failure(catching.model, CONTROL + BY_DEFECT["D1"], neps_pool, 50)
+    assert "D1" in found
+
+
+def test_unlocked_creation_is_d2(neps_pool: Pool) -> None:
+    found = _named_failure(catching.creation, CONTROL + BY_DEFECT["D2"], neps_pool, 150)
+    assert set(found) == {"D2"}
+
+
+def test_in_place_rewrites_are_d3(tmp_path: Path) -> None:
+    result = run_swarm(
+        SwarmConfig(impl=CONTROL + BY_DEFECT["D3"], workers=3, trials=120, observers=1),
+        tmp_path / "run",
+    )
+    assert "D3" in named("\n".join(result.problems()))
+
+
+def test_a_two_step_claim_is_d7(neps_pool: Pool) -> None:
+    found = _named_failure(catching.races, CONTROL + BY_DEFECT["D7"], neps_pool, 50)
+    assert "D7" in found
