@@ -78,6 +78,9 @@ class Impl:
     """A state implementation, named by import path so worker processes can load it."""
 
     target: str = REFERENCE
+    pause: float = 0.0
+    """Seconds between the two steps of the seed's claim (the fallback), so that a
+    race that needs another worker in between happens every time it can."""
 
     @property
     def cls(self) -> Any:
@@ -120,6 +123,7 @@ class Impl:
             return list(state.lock_and_sample_trial(ask, worker_id=worker, n=n, claim=True))
         trials = list(state.lock_and_sample_trial(ask, worker_id=worker, n=n))
         if claim and trials:
+            time.sleep(self.pause)
             trials[0].set_evaluating(time_started=time.time(), worker_id=worker)
             state.put_updated_trial(trials[0], hints="metadata")
         return trials
@@ -131,6 +135,7 @@ class Impl:
             return claim(worker)
         trial = state.lock_and_get_next_pending_trial()
         if trial is not None:
+            time.sleep(self.pause)
             trial.set_evaluating(time_started=time.time(), worker_id=worker)
             state.put_updated_trial(trial, hints="metadata")
         return trial

@@ -17,6 +17,7 @@ that shows up once shows up again while shrinking.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,6 +43,8 @@ from pytest_neps._pool import Call, Pool
 from pytest_neps.defects import finding
 from pytest_neps.machines import ask
 
+CLAIM_PAUSE = 0.05
+"""Seconds a two-step claim pauses between its steps in a race."""
 FS_KILL = "fs"
 """A kill before a file change (``_fscalls``), not at a named fault point."""
 KILL_POINTS = (
@@ -180,8 +183,13 @@ def run_race(impl: Impl, plan: dict[str, Any], pool: Pool, root: Path) -> list[E
 
 
 def check_race(impl: Impl, plan: dict[str, Any], pool: Pool, repeats: int = 2) -> None:
-    """Run ``plan`` (up to ``repeats`` times); fail unless every history is linearizable."""
+    """Run ``plan`` (up to ``repeats`` times); fail unless every history is linearizable.
+
+    A claim made in the seed's two steps pauses between them (``Impl.pause``), so
+    two workers claiming at once meet in that window whenever they can.
+    """
     note(f"plan: {plan}")
+    impl = dataclasses.replace(impl, pause=CLAIM_PAUSE)
     for attempt in range(repeats):
         tmp = Path(tempfile.mkdtemp(prefix="neps-race-"))
         try:

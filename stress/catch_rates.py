@@ -1,0 +1,112 @@
+"""How reliably the suite reports each seed defect: its control, 20 runs at the CI budget.
+
+    python stress/catch_rates.py [--runs 20] [--defects D1,D7]
+
+Each run executes the suite's property for a defect against that defect's
+negative control (``pytest_neps.controls.BY_DEFECT``) with the ``neps-ci``
+budget (25 examples) and no example database; a run counts as caught when the
+property fails and its message names the defect. Prints one line per defect
+and the wall time of each property.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_neps import catching, probes
+from pytest_neps._impl import as_impl
+from pytest_neps._pool import Pool
+from pytest_neps._profiles import BUDGETS
+from pytest_neps._swarm import SwarmConfig, run_swarm
+from pytest_neps.controls import BY_DEFECT
+from pytest_neps.defects import DEFECTS, named
+
+CI = BUDGETS["neps-ci"]
+
+
+def _texts(error: BaseException) -> list[str]:
+    out = [str(error), *getattr(error, "__notes__", [])]
+    for sub in getattr(error, "exceptions", ()):
+        out += _texts(sub)
+    return out
+
+
+def _swarm(impl: str, pool: Pool) -> None:
+    del pool
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SwarmConfig(impl=impl, workers=3, trials=60, observers=1, timeout=300)
+        run_swarm(config, Path(tmp) / "run").assert_consistent()
+
+
+def _cost(impl: str) -> None:
+    probes.check_cost_growth(as_impl(impl), large=2000)
+
+
+def _each(check: Callable[..., None], cases: list[tuple[object, ...]]) -> Callable[..., None]:
+    def run(impl: str, pool: Pool) -> None:
+        chosen = as_impl(impl)
+        for case in cases:
+            try:
+                extra = (pool,) if check is probes.check_crash_inside_sample else ()
+                check(chosen, *case, *extra)
+            except probes.NotApplicable:
+                continue
+
+    return run
+
+
+PROPERTIES: dict[str, Callable[[str, Pool], None]] = {
+    "D1": lambda impl, pool: catching.model(impl, pool, CI),
+    "D2": lambda impl, pool: catching.creation(impl, pool, CI),
+    "D3": _swarm,
+    "D4": _each(probes.check_torn_cache, [(t,) for t in probes.TORN_TAILS]),
+    "D5": _each(probes.check_unsafe_id, [(t,) for t in probes.UNSAFE_IDS]),
+    "D6": _each(
+        probes.check_damaged_file, [(f, h) for f in probes.DAMAGED_FILES for h in probes.DAMAGES]
+    ),
+    "D7": lambda impl, pool: catching.races(impl, pool, CI),
+    "D8": lambda impl, _: _cost(impl),
+    "D9": _each(probes.check_crash_inside_sample, [(n,) for n in range(1, 41)]),
+}
+"""The property of the suite that looks for each defect, as the suite runs it."""
+
+
+def rate(defect: str, runs: int, pool: Pool) -> tuple[int, float]:
+    """Runs (of ``runs``) that reported ``defect`` against its control; seconds per run."""
+    impl = f"{catching.CONTROL}{BY_DEFECT[defect]}"
+    caught = 0
+    start = time.perf_counter()
+    for _ in range(runs):
+        try:
+            PROPERTIES[defect](impl, pool)
+        except BaseException as e:  # noqa: BLE001 - judged by the defect it names
+            caught += defect in named("\n".join(_texts(e)))
+    return caught, (time.perf_counter() - start) / runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="runs per defect (default 20)")
+    parser.add_argument("--defects", default=",".join(DEFECTS), help="comma-separated ids")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    pool = Pool(6, start_method="spawn")
+    try:
+        for defect in args.defects.split(","):
+            caught, seconds = rate(defect, args.runs, pool)
+            print(
+                f"{defect} {BY_DEFECT[defect]:<22} caught in {caught:>2} of {args.runs} runs"
+                f"  ({seconds:.1f} s a run)  {DEFECTS[defect]}",
+                flush=True,
+            )
+    finally:
+        pool.close()
+
+
+if __name__ == "__main__":
+    main()
