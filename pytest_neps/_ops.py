@@ -141,6 +141,7 @@ class NePSModel:
       iff there is no such trial. Neither changes the state.
     - ``read () -> tuple(sorted((id, state) for every trial))``: must equal the model's.
     - ``get (id,) -> state | "TrialNotFoundError"``.
+    - ``pending (n,) -> ids``: the ``n`` earliest sampled pending trials, in order.
     - ``reset (id,) -> None``: the trial is pending again, queued in sample order.
     - ``corrupt (id,) -> None``: the trial is corrupted (and no longer queued).
     - ``consolidate () -> bool``: changes nothing.
@@ -229,6 +230,11 @@ def _step_get(s: NePSModelState, e: Event) -> NePSModelState | None:
     k = s.find(trial_id)
     expected = "TrialNotFoundError" if k is None else s.trials[k][1]
     return s if e.result == expected else None
+
+
+def _step_pending(s: NePSModelState, e: Event) -> NePSModelState | None:
+    (n,) = e.args
+    return s if not e.completed or tuple(e.result) == s.pending[:n] else None
 
 
 def _step_reset(s: NePSModelState, e: Event) -> NePSModelState | None:
@@ -390,6 +396,15 @@ _OPERATIONS = (
         _step_get,
         encode=state_of,
         mutates=False,
+    ),
+    Operation(
+        "pending",
+        ("n",),
+        lambda ctx, args: ctx.state.lock_and_get_next_pending_trial(args[0]),
+        _step_pending,
+        encode=_ids,
+        mutates=False,
+        plan=((1,), (3,)),
     ),
     Operation(
         "reset",

@@ -193,6 +193,11 @@ class NePSStateMachine(RuleBasedStateMachine):
         if action == "reset":
             self.reports.pop(tid, None)
 
+    @rule(handle=handles, n=st.integers(1, 4))
+    def next_pending(self, handle: Handle, n: int) -> None:
+        """The ``n`` earliest sampled pending trials, in order (after claims and resets)."""
+        self.apply("pending", handle, "machine", (n,))
+
     @rule(handle=handles)
     def consolidate(self, handle: Handle) -> None:
         """Force a cache consolidation (where the implementation has one)."""
@@ -215,14 +220,23 @@ class NePSStateMachine(RuleBasedStateMachine):
             cache.unlink()
         self.damage = "D1"
 
-    @rule(kind=st.sampled_from(["garbage", "frame", "pickle"]), cut=st.integers(1, 40))
+    @rule(kind=st.sampled_from(["garbage", "frame", "pickle", "bad-crc"]), cut=st.integers(1, 40))
     def tear_cache_tail(self, kind: str, cut: int) -> None:
-        """Append what a crash mid-append leaves: part of a record, or garbage."""
+        """Append what a crash mid-append leaves: part of a record, or garbage.
+
+        ``bad-crc``: a whole record of plausible length whose last byte is wrong.
+        """
         payload = pickle.dumps(["an append that never finished"])
-        record = {"garbage": os.urandom(cut), "frame": frame(payload), "pickle": payload}[kind]
+        whole = frame(payload)
+        records = {
+            "garbage": os.urandom(cut),
+            "frame": whole[: min(cut, len(whole) - 1)],
+            "pickle": payload[: min(cut, len(payload) - 1)],
+            "bad-crc": whole[:-1] + bytes([whole[-1] ^ 0xFF]),
+        }
         for cache in self._caches():
             with cache.open("ab") as f:
-                f.write(record[: min(cut, len(record) - 1)])
+                f.write(records[kind])
             self.damage = "D4"
 
     @rule(tid=trials)

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import note
+from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from neps_state import OptimizerInfo, set_fault_hook
 from neps_state import _pickles as pickles
@@ -42,6 +43,15 @@ from pytest_neps._ops import OPS, Ctx, NePSModel, Operation, from_json
 from pytest_neps._pool import Call, Pool
 from pytest_neps.defects import finding
 from pytest_neps.machines import ask
+
+
+def note(text: str) -> None:
+    """Hypothesis's ``note`` inside a property; nothing when called from a plain test."""
+    try:
+        hypothesis_note(text)
+    except InvalidArgument:
+        return
+
 
 CLAIM_PAUSE = 0.05
 """Seconds a two-step claim pauses between its steps in a race."""
@@ -231,6 +241,14 @@ def _double_claims(events: list[Event]) -> str:
     return "; ".join(twice + failed)
 
 
+CLAIM_RACE: dict[str, Any] = {
+    "prefix": [("sample", 2)],
+    "batches": [[("claim",)], [("claim",)], [("claim",)]],
+    "kill": None,
+}
+"""Two pending trials, three workers claiming at once: at most one each, one left out."""
+
+
 # -- creation races --------------------------------------------------------------
 
 INFOS: dict[str, OptimizerInfo] = {
@@ -386,16 +404,30 @@ def check_consolidation(
         _check_cache_generation(impl, root, acked)
         for i in range(readers):
             _check_reads(tmp / f"reader{i}.jsonl", acked)
-        final = {
-            t.id: t.metadata.state.value for t in impl.load(root).lock_and_read_trials().values()
-        }
-        for tid, (state, _) in acked.items():
-            assert tid in final, f"acknowledged trial {tid} is lost"
-            assert _RANK[final[tid]] >= _RANK[state], f"trial {tid} went back to {final[tid]}"
-        violations = check_run_dir(root)
-        assert not violations, "\n".join(map(str, violations))
+        try:
+            _check_after(impl, root, acked)
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}"
+            if crash is not None and _incomplete_folder(text):
+                raise finding("D9", f"after a crash ({crash}), {text}") from None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_after(impl: Impl, root: Path, acked: dict[str, tuple[str, int]]) -> None:
+    """Every acknowledged trial is there, no state went back; the directory is clean."""
+    final = {t.id: t.metadata.state.value for t in impl.load(root).lock_and_read_trials().values()}
+    for tid, (state, _) in acked.items():
+        assert tid in final, f"acknowledged trial {tid} is lost"
+        assert _RANK[final[tid]] >= _RANK[state], f"trial {tid} went back to {final[tid]}"
+    violations = check_run_dir(root)
+    assert not violations, "\n".join(map(str, violations))
+
+
+def _incomplete_folder(text: str) -> bool:
+    """Whether a failure is a trial folder missing a file (a crash between its steps)."""
+    return "config_" in text and ("is missing" in text or "No such file" in text)
 
 
 def _acknowledged(path: Path) -> dict[str, tuple[str, int]]:

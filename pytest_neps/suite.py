@@ -45,6 +45,7 @@ from pytest_neps.probes import (
     check_unsafe_id,
 )
 from pytest_neps.races import (
+    CLAIM_RACE,
     INFOS,
     check_consolidation,
     check_creation,
@@ -74,6 +75,11 @@ def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, data: st.DataOb
     impl = as_impl(neps_impl)
     plan = data.draw(race_plans(workers=3, fault_points=impl.calls_fault_hook()), label="plan")
     check_race(impl, plan, neps_pool)
+
+
+def test_workers_claiming_at_once_take_different_trials(neps_impl: str, neps_pool: Pool) -> None:
+    """Three workers claim two pending trials at once: never one trial twice (D7)."""
+    check_race(as_impl(neps_impl), CLAIM_RACE, neps_pool, repeats=3)
 
 
 @SETTINGS
@@ -168,4 +174,5 @@ __all__ = [
     "test_model_machine",
     "test_races_are_linearizable",
     "test_unsafe_trial_ids_are_refused",
+    "test_workers_claiming_at_once_take_different_trials",
 ]

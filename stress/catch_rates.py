@@ -25,6 +25,7 @@ from pytest_neps._profiles import BUDGETS
 from pytest_neps._swarm import SwarmConfig, run_swarm
 from pytest_neps.controls import BY_DEFECT
 from pytest_neps.defects import DEFECTS, named
+from pytest_neps.races import CLAIM_RACE, check_race
 
 CI = BUDGETS["neps-ci"]
 
@@ -41,6 +42,11 @@ def _swarm(impl: str, pool: Pool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = SwarmConfig(impl=impl, workers=3, trials=60, observers=1, timeout=300)
         run_swarm(config, Path(tmp) / "run").assert_consistent()
+
+
+def _claims(impl: str, pool: Pool) -> None:
+    check_race(as_impl(impl), CLAIM_RACE, pool, repeats=3)
+    catching.races(impl, pool, CI)
 
 
 def _cost(impl: str) -> None:
@@ -69,7 +75,7 @@ PROPERTIES: dict[str, Callable[[str, Pool], None]] = {
     "D6": _each(
         probes.check_damaged_file, [(f, h) for f in probes.DAMAGED_FILES for h in probes.DAMAGES]
     ),
-    "D7": lambda impl, pool: catching.races(impl, pool, CI),
+    "D7": _claims,
     "D8": lambda impl, _: _cost(impl),
     "D9": _each(probes.check_crash_inside_sample, [(n,) for n in range(1, 41)]),
 }

@@ -18,6 +18,7 @@ from pytest_neps._swarm import SwarmConfig, run_swarm
 from pytest_neps.catching import CONTROL
 from pytest_neps.controls import BY_DEFECT
 from pytest_neps.defects import DEFECTS, finding, named
+from pytest_neps.races import CLAIM_RACE, check_race
 
 
 def control(defect: str) -> Impl:
@@ -123,5 +124,7 @@ def test_in_place_rewrites_are_d3(tmp_path: Path) -> None:
 
 
 def test_a_two_step_claim_is_d7(neps_pool: Pool) -> None:
+    impl = as_impl(CONTROL + BY_DEFECT["D7"])
+    assert _named_failure(check_race, impl, CLAIM_RACE, neps_pool) == ["D7"]
     found = _named_failure(catching.races, CONTROL + BY_DEFECT["D7"], neps_pool, 50)
     assert "D7" in found

@@ -30,6 +30,7 @@ def race(tmp_path: Path, plan: list[tuple[Any, ...]]) -> list[Event]:
 def test_every_operation_is_dispatched_and_modelled(tmp_path: Path) -> None:
     plan = [
         ("sample", 2),
+        ("pending", 3),
         ("claim",),
         ("get", "0"),
         ("reset", "0"),  # the worker no longer holds trial 0 ...
@@ -43,16 +44,18 @@ def test_every_operation_is_dispatched_and_modelled(tmp_path: Path) -> None:
     ]
     assert {p[0] for p in plan} == set(OPS)
     events = race(tmp_path, plan)
-    ops = ["sample", "claim", "get", "reset", "claim", "report", "corrupt", "sample_claim"]
+    ops = ["sample", "pending", "claim", "get", "reset", "claim", "report", "corrupt"]
+    ops.append("sample_claim")
     assert [e.op for e in events] == [*ops, "consolidate", "read"]
     assert check(events, MODEL).ok, format_history(events)
     assert events[-1].result == (("0", "failed"), ("1", "corrupted"), ("2", "evaluating"))
 
 
-def test_races_draw_the_same_operations_as_before() -> None:
+def test_races_draw_the_operations_with_a_plan() -> None:
     raced = [name for name, op in OPS.items() if op.plan]
-    assert raced == ["sample", "sample_claim", "claim", "report", "read"]
-    assert all(op.mutates == (name not in ("read", "get")) for name, op in OPS.items())
+    assert raced == ["sample", "sample_claim", "claim", "report", "read", "pending"]
+    readers = ("read", "get", "pending")
+    assert all(op.mutates == (name not in readers) for name, op in OPS.items())
 
 
 def test_an_operation_added_to_the_registry_is_raced_and_modelled(
@@ -102,6 +105,7 @@ def test_the_machine_drives_its_rules_through_the_registry(
         machine.report(first, tid, "failed")
         machine.put_updated(first, "1", "corrupt")
         machine.consolidate(first)
+        machine.next_pending(first, 3)
         machine.state_matches_model()
     finally:
         machine.teardown()
