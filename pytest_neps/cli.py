@@ -228,6 +228,16 @@ def cmd_crashstates(args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in stats) else 1
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Run the conformance suite against an implementation; list the seed defects it shows."""
+    from pytest_neps.verdict import verdict  # noqa: PLC0415 - runs pytest in subprocesses
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    result = verdict(args.impl, runs=args.runs, python=args.python)
+    sys.stdout.write(result.render() + "\n")
+    return 0 if not result.reported and not result.unexplained else 1
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Summarize a run directory: trials by state, best objective, errors."""
     if _unusable("show", args.run_dir):
@@ -492,6 +502,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=main_bench)
 
     _add_power_loss_commands(sub)
+
+    conformance = _command(
+        sub,
+        "conformance",
+        "which seed defects (D1-D9) an implementation shows, by the conformance suite",
+        "Run the conformance suite (pytest_neps.suite, the neps-ci budget) against"
+        " --impl in fresh pytest processes and list, per seed defect D1-D9, in how many"
+        " runs a failure named it, then every failure that names none. Exit 0 when"
+        " nothing failed, 1 otherwise.",
+    )
+    _add_impl(conformance)
+    conformance.add_argument("--runs", type=int, default=1, help="runs of the whole suite")
+    conformance.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter of the environment the implementation lives in",
+    )
+    conformance.set_defaults(func=cmd_conformance)
 
     show = _command(
         sub,

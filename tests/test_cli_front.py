@@ -22,7 +22,17 @@ from neps_test_helpers import make_state, run_cycle
 from pytest_neps._checker import Violation, check_run_dir
 from pytest_neps.cli import build_parser, main
 
-COMMANDS = ["bench", "check", "crashstates", "killmatrix", "powerloss", "repair", "show", "stress"]
+COMMANDS = [
+    "bench",
+    "check",
+    "conformance",
+    "crashstates",
+    "killmatrix",
+    "powerloss",
+    "repair",
+    "show",
+    "stress",
+]
 DENIED = os.strerror(errno.EACCES)
 
 

@@ -1,6 +1,6 @@
 """The conformance suite's verdict on one implementation: which seed defects, and what else.
 
-    python stress/conformance.py --impl pytest_neps.upstream:UpstreamNePSState [--runs 5]
+    neps-state conformance --impl pytest_neps.upstream:UpstreamNePSState [--runs 5]
 
 Runs the suite (``pytest_neps.suite``, the ``neps-ci`` budget, 2 xdist workers)
 against ``--impl`` in a fresh pytest process ``--runs`` times and reads each run's
@@ -13,15 +13,18 @@ lives in (``--python``).
 
 from __future__ import annotations
 
-import argparse
 import collections
+import logging
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_neps.defects import DEFECTS, named
+
+logger = logging.getLogger(__name__)
 
 MODULE = "from pytest_neps.suite import *  # noqa: F403\n"
 
@@ -52,29 +55,37 @@ def _first_defects(text: str) -> list[str]:
     return sorted(found, key=lambda d: text.index(f"{d} ("))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", required=True, help="module:attribute of the state class")
-    parser.add_argument("--runs", type=int, default=5, help="runs of the suite (default 5)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter to run it with")
-    args = parser.parse_args()
-    reported: collections.Counter[str] = collections.Counter()
-    unexplained: list[str] = []
-    for k in range(args.runs):
+@dataclass
+class Verdict:
+    """What ``runs`` runs of the suite reported."""
+
+    runs: int
+    reported: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Defect -> runs in which a failure named it."""
+    unexplained: list[str] = field(default_factory=list)
+    """Failures that name no defect, as ``"run K: test"``."""
+    tests: int = 0
+
+    def render(self) -> str:
+        """One line per defect, then the unexplained failures."""
+        lines = [
+            f"{d} reported in {self.reported[d]} of {self.runs} runs  ({what})"
+            for d, what in DEFECTS.items()
+        ]
+        lines.append(f"failures naming no defect: {len(self.unexplained)}")
+        lines += [f"  {u}" for u in self.unexplained]
+        return "\n".join(lines)
+
+
+def verdict(impl: str, *, runs: int = 1, python: str = sys.executable) -> Verdict:
+    """Run the suite ``runs`` times against ``impl``; what it reported."""
+    out = Verdict(runs)
+    for k in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            results = run_once(args.impl, args.python, Path(tmp))
+            results = run_once(impl, python, Path(tmp))
+        out.tests = len(results)
         failed = {name: d for name, d in results.items() if d is not None}
-        for name, defects in sorted(failed.items()):
-            if not defects:
-                unexplained.append(f"run {k + 1}: {name}")
-        reported.update({d for defects in failed.values() for d in defects or []})
-        print(f"run {k + 1}: {len(results)} tests, {len(failed)} failed", flush=True)
-    for defect, what in DEFECTS.items():
-        print(f"{defect} reported in {reported[defect]} of {args.runs} runs  ({what})")
-    print(f"failures naming no defect: {len(unexplained)}")
-    for line in unexplained:
-        print(f"  {line}")
-
-
-if __name__ == "__main__":
-    main()
+        out.unexplained += [f"run {k + 1}: {name}" for name, d in sorted(failed.items()) if not d]
+        out.reported.update({d for defects in failed.values() for d in defects or []})
+        logger.info("run %d: %d tests, %d failed", k + 1, len(results), len(failed))
+    return out
