@@ -24,6 +24,7 @@ from neps_state import (
     UsageError,
 )
 from pytest_neps._evaluate import BadResultError, evaluate
+from pytest_neps._impl import Impl
 from pytest_neps._optimizers import random_search
 from pytest_neps._profiles import BUDGETS, suite_settings
 from pytest_neps._swarm import SwarmConfig, SwarmConfigError, run_swarm
@@ -248,3 +249,23 @@ NEPS_FIXTURES = (
     "neps_state_factory",
     "neps_swarm",
 )
+
+
+def test_kills_at_file_changes_work_without_fault_hooks(tmp_path: Path) -> None:
+    result = run_swarm(
+        run_dir=tmp_path / "run", workers=3, trials=60, kill_rate=0.1, kill_fs=True, timeout=120
+    )
+    result.assert_consistent()
+    assert result.kills > 0
+    points = {k.point for w in result.workers for k in w.kills}
+    assert points
+    assert all(p.startswith("fs:") for p in points), points
+
+
+def test_kills_at_fault_points_are_refused_where_they_cannot_happen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Impl, "calls_fault_hook", lambda _: False)
+    with pytest.raises(SwarmConfigError, match="never calls neps_state's fault hook"):
+        run_swarm(run_dir=tmp_path / "run", kill_rate=0.1, kill_points=("store.committed",))
+    assert not (tmp_path / "run").exists()
