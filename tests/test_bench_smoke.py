@@ -152,3 +152,27 @@ def test_settle_pauses_before_every_throughput_run(
     assert _bench.main_bench(parser.parse_args(common)) == 0
     assert pauses == []
     assert _bench.main_bench(parser.parse_args([*common, "--settle", "-1"])) == 2
+
+
+def test_operation_breakdown_beside_the_floors(tmp_path: Path) -> None:
+    from pytest_neps.bench._breakdown import breakdown, render_breakdown  # noqa: PLC0415
+
+    result = breakdown(trials=30, samples=3, optuna=False, directory=tmp_path)
+    ops = {r["operation"]: r for r in result["operations"]}
+    assert set(ops) == {
+        "sample",
+        "claim_next_pending",
+        "report",
+        "sample_claim",
+        "put_evaluating",
+        "get_trial_by_id",
+        "read_trials",
+        "seed_cycle",
+        "claim_cycle",
+    }
+    floors = result["floors_ms"]
+    assert floors["append_fsync"] > 0
+    assert floors["create"] > 0
+    row = ops["sample"]
+    assert row["x_append"] == pytest.approx(row["ms"] / floors["append_fsync"])
+    assert "x append" in render_breakdown(result)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytest_neps.bench._breakdown import breakdown, render_breakdown
 from pytest_neps.bench._common import DEFAULTS, QUICK
 from pytest_neps.bench._report import plot, render_report
 from pytest_neps.bench._run import run_bench
@@ -99,6 +100,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not run: report the result a previous --json wrote (default: run)",
     )
     parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead: each operation's ms beside the disk's floors (an fsynced append, a"
+        " file creation) at one run size (the first --trials, default 1000), and the"
+        " seed-API and claim cycles beside Optuna at 1, 3 and 10 parameters",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke size: trials {_csv(QUICK['trials'])}, workers {_csv(QUICK['workers'])},"
@@ -125,11 +133,18 @@ def main_bench(args: argparse.Namespace) -> int:
     if args.settle < 0:
         sys.stderr.write("bench: --settle must be >= 0\n")
         return 2
+    if args.ops:
+        return _ops(args, pick)
     if args.from_json is not None:
         result = json.loads(args.from_json.read_text(encoding="utf-8"))
     else:
         result = _run(args, pick)
     render_report(result, sys.stdout)
+    _write_outputs(args, result)
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.markdown is not None:
         with args.markdown.open("w", encoding="utf-8") as f:
             command = result.get("command") or "neps-state bench"
@@ -148,6 +163,21 @@ def main_bench(args: argparse.Namespace) -> int:
             sys.stderr.write("bench: matplotlib is not installed; no plot written\n")
         else:
             sys.stdout.write(f"wrote {args.plot}\n")
+
+
+def _ops(args: argparse.Namespace, pick: Any) -> int:
+    trials = args.trials[0] if args.trials else 1000
+    durability = "fsync" if args.durability == "both" else args.durability
+    result = breakdown(
+        trials=trials,
+        samples=pick("samples"),
+        durability=durability,
+        optuna=not args.no_optuna,
+        directory=args.dir,
+    )
+    sys.stdout.write(render_breakdown(result) + "\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
