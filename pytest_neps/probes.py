@@ -58,6 +58,9 @@ DAMAGED_FILES = (
 )
 DAMAGES = ("garbage", "half", "empty")
 CACHE_PREFIX = ".trial_cache"
+GROWTH_LIMIT = 2.5
+"""The most a cycle may cost at 3000 trials over one at 20 (upstream NePS: ~4x; the
+reference ~1x, up to ~2x on a machine busy with other work)."""
 TORN_TAILS = (b"\x80", b"\x80\x05\x95\x10\x00\x00", b"\x00" * 20, b"J\x10\x00\x00\x00{")
 """Ends of records cut short: of a pickle, of zeros, of a JSON frame."""
 
@@ -221,8 +224,8 @@ def check_crash_inside_sample(impl: Impl, nth: int, pool: Pool) -> None:
                 raise finding("D9", f"after {where}, trial {tid} is listed without {folder.name}/")
 
 
-def check_cost_growth(impl: Impl, *, small: int = 20, large: int = 600, cycles: int = 15) -> float:
-    """D8: a cycle at ``large`` trials costs at most twice one at ``small``, side by side.
+def check_cost_growth(impl: Impl, *, small: int = 20, large: int = 3000, cycles: int = 25) -> float:
+    """D8: a cycle at ``large`` trials costs at most 2.5x one at ``small``, side by side.
 
     Returns the ratio (medians of alternating cycles on the two runs).
     """
@@ -239,7 +242,7 @@ def check_cost_growth(impl: Impl, *, small: int = 20, large: int = 600, cycles: 
                 _cycles(impl, state, 1)
                 times[size].append(time.perf_counter() - start)
         ratio = statistics.median(times[large]) / statistics.median(times[small])
-        if ratio > 2.0:
+        if ratio > GROWTH_LIMIT:
             raise finding(
                 "D8", f"a cycle costs {ratio:.1f}x at {large} trials what it costs at {small}"
             )

@@ -148,9 +148,9 @@ def test_a_swarm_never_shows_a_half_written_file(neps_impl: str, tmp_path: Path)
     result.assert_consistent()
 
 
-def test_a_cycle_costs_the_same_at_2000_trials(neps_impl: str) -> None:
-    """A cycle at 2000 trials costs at most twice one at 20 (medians, side by side)."""
-    check_cost_growth(as_impl(neps_impl), large=2000)
+def test_a_cycle_costs_the_same_at_3000_trials(neps_impl: str) -> None:
+    """A cycle at 3000 trials costs at most 2.5x one at 20 (medians, side by side)."""
+    check_cost_growth(as_impl(neps_impl))
 
 
 MAX_FILE_CHANGES = 40
@@ -165,7 +165,7 @@ def _applicable(check: Any, *args: Any) -> None:
 
 __all__ = [
     "test_a_crash_at_every_file_change_of_a_sample",
-    "test_a_cycle_costs_the_same_at_2000_trials",
+    "test_a_cycle_costs_the_same_at_3000_trials",
     "test_a_damaged_file_is_a_typed_error_naming_it",
     "test_a_swarm_never_shows_a_half_written_file",
     "test_a_torn_cache_tail_hides_no_trial",

@@ -50,7 +50,7 @@ def _claims(impl: str, pool: Pool) -> None:
 
 
 def _cost(impl: str) -> None:
-    probes.check_cost_growth(as_impl(impl), large=2000)
+    probes.check_cost_growth(as_impl(impl))
 
 
 def _each(check: Callable[..., None], cases: list[tuple[object, ...]]) -> Callable[..., None]:

@@ -72,7 +72,7 @@ def test_a_cache_record_before_its_folder_is_d9(neps_pool: Pool) -> None:
 
 def test_rereading_everything_is_d8() -> None:
     with pytest.raises(AssertionError) as e:
-        probes.check_cost_growth(control("D8"), large=2000)
+        probes.check_cost_growth(control("D8"))
     assert named(str(e.value)) == ["D8"]
 
 
