@@ -128,6 +128,12 @@ class Impl:
             state.put_updated_trial(trials[0], hints="metadata")
         return trials
 
+    def two_step_claims(self) -> bool:
+        """Whether claiming (or sampling a claimed trial) falls back to the seed's two steps."""
+        cls = self.cls
+        atomic_claim = callable(getattr(cls, "lock_and_claim_next_pending_trial", None))
+        return not (atomic_claim and _accepts(cls.lock_and_sample_trial, "claim"))
+
     def claim(self, state: Any, worker: str) -> Any:
         """Take the next pending trial and mark it evaluating by ``worker``."""
         claim = getattr(state, "lock_and_claim_next_pending_trial", None)

@@ -218,6 +218,10 @@ def check_race(impl: Impl, plan: dict[str, Any], pool: Pool, repeats: int = 2) -
                 double = _double_claims(events)
                 if double:
                     raise finding("D7", f"{double}\n{text}")
+                if impl.two_step_claims() and any(
+                    e.op in ("claim", "sample_claim") for e in events
+                ):
+                    raise finding("D7", f"with claims in two steps, {text}")
                 raise AssertionError(text)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
