@@ -238,6 +238,18 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0 if not result.reported and not result.unexplained else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Try what the state relies on in a directory's file system; exit 1 if unsafe."""
+    from pytest_neps.doctor import diagnose  # noqa: PLC0415 - starts processes
+
+    if not Path(args.dir).is_dir():
+        sys.stderr.write(f"neps-state doctor: {args.dir}: is not a directory\n")
+        return 2
+    result = diagnose(args.dir)
+    sys.stdout.write(result.render() + "\n")
+    return 0 if result.safe else 1
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Summarize a run directory: trials by state, best objective, errors."""
     if _unusable("show", args.run_dir):
@@ -502,6 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=main_bench)
 
     _add_power_loss_commands(sub)
+
+    doctor = _command(
+        sub,
+        "doctor",
+        "whether a directory's file system gives the state what it relies on",
+        "Try, in a scratch folder inside DIR: flock exclusion across processes, atomic"
+        " rename under a polling reader, O_APPEND records from two processes, fsync of"
+        " files and folders, renameat2 exchange (or the fallback); time a file creation"
+        " and an fsynced append. Exit 0 when the state is safe there, 1 when a required"
+        " check failed (e.g. locks that do not exclude), 2 when DIR is not a directory.",
+    )
+    doctor.add_argument("dir", help="a directory on the file system to try (a run's parent)")
+    doctor.set_defaults(func=cmd_doctor)
 
     conformance = _command(
         sub,

@@ -27,6 +27,7 @@ COMMANDS = [
     "check",
     "conformance",
     "crashstates",
+    "doctor",
     "killmatrix",
     "powerloss",
     "repair",
