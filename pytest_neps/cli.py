@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -143,7 +144,13 @@ def cmd_stress(args: argparse.Namespace) -> int:
         return 2
     progress = Progress(sys.stderr)
     try:
-        result = run_swarm(config, run_dir, progress=progress)
+        with contextlib.ExitStack() as stack:
+            launcher = None
+            if args.scheduler:
+                from pytest_neps.dask import connect  # noqa: PLC0415 - the dask extra
+
+                launcher = stack.enter_context(connect(args.scheduler))
+            result = run_swarm(config, run_dir, launcher=launcher, progress=progress)
     finally:
         progress.close()
     render_stress(result, sys.stdout)
@@ -399,6 +406,11 @@ def _add_stress_command(sub: Any) -> None:
         help="optimizer that samples the trials, module:attr",
     )
     _add_impl(stress)
+    stress.add_argument(
+        "--scheduler",
+        help="run the workers as tasks on this Dask scheduler, tcp://HOST:PORT (the dask"
+        " extra; default: local processes)",
+    )
     stress.set_defaults(func=cmd_stress)
 
 

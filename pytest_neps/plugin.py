@@ -56,6 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "on-failure",
         ),
         ("impl", "neps_impl", "state implementation under test, as module:attribute", ""),
+        (
+            "scheduler",
+            "neps_scheduler",
+            "run swarm workers as tasks on this Dask scheduler (tcp://HOST:PORT; the dask extra)",
+            "",
+        ),
     ]
     for flag, ini, help_text, default in options:
         group.addoption(f"--neps-{flag}", dest=ini, default=None, help=f"{help_text} (ini: {ini})")
@@ -261,10 +267,17 @@ def neps_swarm(
         defaults.update(marker.kwargs)
     runs = 0
 
+    scheduler = option(config, "neps_scheduler")
+
     def run(**overrides: Any) -> SwarmResult:
         nonlocal runs
         runs += 1
         path = neps_run_dir if runs == 1 else neps_run_dir.with_name(f"run{runs}")
-        return run_swarm(SwarmConfig(**{**defaults, **overrides}), path)
+        if not scheduler:
+            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path)
+        from pytest_neps.dask import connect  # noqa: PLC0415 - the dask extra
+
+        with connect(scheduler) as launcher:
+            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path, launcher=launcher)
 
     return run

@@ -1,0 +1,224 @@
+"""Swarm workers as tasks on a Dask ``distributed`` cluster (the ``dask`` extra).
+
+    from distributed import Client
+    result = run_swarm(config, run_dir, launcher=DaskLauncher(Client("tcp://host:8786")))
+
+Each swarm worker runs the standard worker loop as one task, in a Dask worker
+process, against a run directory every Dask worker reaches. A kill (planned, at a
+fault point, or from outside) SIGKILLs that Dask worker process: its nanny starts
+a new one, the task ends in ``KilledWorker`` (reported as a death by SIGKILL) and
+the swarm starts a replacement task, as with local processes.
+
+The scheduler must not retry a task whose worker died
+(``distributed.scheduler.allowed-failures: 0``, e.g. the environment variable
+``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0`` where the scheduler starts):
+a retried worker loop would run twice under one name. The launcher checks it.
+Each Dask worker should run one task at a time (``--nthreads 1``), and the
+cluster needs at least as many worker threads as the swarm's workers and observers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import secrets
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_neps._procs import ProcessOutcome
+
+
+def _distributed() -> Any:
+    """The ``distributed`` package (the ``dask`` extra), imported when first used."""
+    return importlib.import_module("distributed")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class DaskBarrier:
+    """Releases ``parties`` tasks together (a counter and an event on the scheduler)."""
+
+    name: str
+    parties: int
+
+    def wait(self, timeout: float) -> None:
+        """Count this task in; wait until every party has."""
+        d = _distributed()
+
+        with d.Lock(f"{self.name}-lock"):
+            count = d.Variable(f"{self.name}-count")
+            arrived = int(count.get(timeout=timeout)) + 1
+            count.set(arrived)
+        event = d.Event(f"{self.name}-go")
+        if arrived == self.parties:
+            event.set()
+        if not event.wait(timeout):
+            raise TimeoutError(f"{self.parties} parties never met at {self.name}")
+
+
+def _task(
+    name: str, prefix: str, fn: Callable[..., Any], args: tuple[Any, ...], barrier: Any
+) -> Any:
+    """Run ``fn(*args)`` in a Dask worker, after saying where."""
+    d = _distributed()
+
+    d.Variable(f"{prefix}{name}").set([d.get_worker().address, os.getpid()])
+    if barrier is not None:
+        barrier.wait(120.0)
+    return fn(*args)
+
+
+class DaskLauncher:
+    """The swarm's ``Launcher`` on a ``distributed.Client``."""
+
+    def __init__(self, client: Any) -> None:
+        """Use ``client``'s cluster; refuse one that would retry a killed worker's task."""
+        self.client = client
+        retries = client.run_on_scheduler(_allowed_failures)
+        if retries != 0:
+            raise ValueError(
+                f"the Dask scheduler retries a task whose worker died ({retries} times): a"
+                " killed swarm worker would run again under its name. Start the scheduler"
+                " with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0"
+            )
+        self.prefix = f"neps-swarm-{secrets.token_hex(4)}-"
+        self.futures: dict[str, Any] = {}
+        self._calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...], Any]] = {}
+        self._exited: set[str] = set()
+        self._killed: set[str] = set()
+
+    def barrier(self, parties: int) -> DaskBarrier:
+        """A barrier on the scheduler; the cluster must run ``parties`` tasks at once."""
+        d = _distributed()
+
+        threads = sum(self.client.nthreads().values())
+        if threads < parties:
+            raise ValueError(f"{parties} workers start together, the cluster runs {threads}")
+        name = f"{self.prefix}barrier-{secrets.token_hex(2)}"
+        count: Any = d.Variable(f"{name}-count")
+        count.set(0)
+        return DaskBarrier(name, parties)
+
+    def start(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], barrier: Any) -> int:
+        """Submit the worker as a task (never retried); returns 0 (its pid comes later)."""
+        self._calls[name] = (fn, args, barrier)
+        self._submit(name)
+        return 0
+
+    def _submit(self, name: str) -> None:
+        fn, args, barrier = self._calls[name]
+        key = f"{self.prefix}{name}-{secrets.token_hex(2)}"
+        self.futures[name] = self.client.submit(
+            _task, name, self.prefix, fn, args, barrier, key=key, pure=False
+        )
+
+    def _never_started(self, name: str) -> bool:
+        """A task whose worker died before it ran a line (assigned to a dying worker)."""
+        d = _distributed()
+
+        future = self.futures[name]
+        if future.status != "error" or name in self._killed:
+            return False
+        started = self._where(name, d.Variable) is not None
+        return isinstance(future.exception(), d.KilledWorker) and not started
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait until a task ends (or ``timeout``); the names that ended since."""
+        d = _distributed()
+
+        waiter: Any = d.wait
+        pending = [f for n, f in self.futures.items() if n not in self._exited and not f.done()]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                waiter(pending, timeout=max(timeout, 0.001), return_when="FIRST_COMPLETED")
+        done = []
+        for name, future in list(self.futures.items()):
+            if name in self._exited or not future.done():
+                continue
+            if self._never_started(name):
+                self._submit(name)  # it ran nothing: run it now, elsewhere
+                continue
+            done.append(name)
+        self._exited.update(done)
+        return done
+
+    def running(self) -> list[str]:
+        """Tasks not ended yet."""
+        return [n for n, f in self.futures.items() if not f.done()]
+
+    def outcome(self, name: str, *, timed_out: bool = False) -> ProcessOutcome:
+        """How a task ended: a value, an exception, or a SIGKILL of its worker."""
+        d = _distributed()
+
+        future = self.futures[name]
+        where = self._where(name, d.Variable)
+        pid = None if where is None else int(where[1])
+        if future.status == "finished":
+            return ProcessOutcome(name, pid, 0, value=future.result(), timed_out=timed_out)
+        error = future.exception() if future.status == "error" else None
+        if isinstance(error, d.KilledWorker) or name in self._killed or error is None:
+            return ProcessOutcome(name, pid, -signal.SIGKILL, timed_out=timed_out)
+        tb = "".join(traceback.format_tb(future.traceback()))
+        what = f"{type(error).__name__}: {error}"
+        return ProcessOutcome(name, pid, 1, error=what, traceback=tb, timed_out=timed_out)
+
+    def _where(self, name: str, variable: Any) -> list[Any] | None:
+        try:
+            where: list[Any] = variable(f"{self.prefix}{name}").get(timeout=1)
+        except TimeoutError:
+            return None
+        return where
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the Dask worker process running ``name``."""
+        d = _distributed()
+
+        where = self._where(name, d.Variable)
+        self._killed.add(name)
+        if where is None:
+            self.futures[name].cancel()
+            return
+        with contextlib.suppress(Exception):  # the worker is gone, as asked
+            self.client.run(_die, workers=[where[0]], wait=False)
+
+    def kill_all(self) -> list[str]:
+        """Kill every running task's worker; their names."""
+        names = self.running()
+        for name in names:
+            self.kill(name)
+        deadline = time.monotonic() + 60
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return names
+
+    def close(self) -> None:
+        """Kill what still runs; nothing of this swarm is left on the cluster."""
+        self.kill_all()
+        for future in self.futures.values():
+            future.cancel()
+
+
+@contextlib.contextmanager
+def connect(address: str) -> Iterator[DaskLauncher]:
+    """A launcher on the scheduler at ``address``; the client is closed afterwards."""
+    client = _distributed().Client(address)
+    try:
+        launcher = DaskLauncher(client)
+        try:
+            yield launcher
+        finally:
+            launcher.close()
+    finally:
+        client.close()
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.allowed_failures)

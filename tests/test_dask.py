@@ -1,0 +1,63 @@
+"""Swarms on a Dask distributed cluster: real processes, kills, replacements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_neps._swarm import SwarmConfig, run_swarm
+
+distributed = pytest.importorskip(
+    "distributed", reason="Dask is not installed: pip install 'neps-state[dask]'"
+)
+dask = pytest.importorskip("dask")
+
+# Dask's scheduler leaves sockets to the garbage collector when a cluster closes.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=4, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_a_swarm_with_kills_on_dask(client: Any, tmp_path: Path) -> None:
+    from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
+
+    launcher = DaskLauncher(client)
+    try:
+        config = SwarmConfig(workers=3, trials=60, kill_rate=0.05, observers=1, timeout=120)
+        result = run_swarm(config, tmp_path / "run", launcher=launcher)
+    finally:
+        launcher.close()
+    result.assert_consistent()
+    assert result.kills > 0
+    assert result.replacements == result.kills
+    assert not launcher.running()
+    client.wait_for_workers(4, timeout=60)  # every killed Dask worker's nanny restarts it
+
+
+def test_a_scheduler_that_retries_killed_tasks_is_refused(tmp_path: Path) -> None:
+    from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 3}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        pytest.raises(ValueError, match="ALLOWED_FAILURES=0"),
+    ):
+        DaskLauncher(client)
