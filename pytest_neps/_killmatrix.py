@@ -230,8 +230,12 @@ def run_matrix(
     settings: Settings | None = None,
     cells: list[tuple[str, str]] | None = None,
     progress: Callable[[KillRun], None] | None = None,
+    directory: Path | None = None,
 ) -> list[KillRun]:
-    """Run every (operation, point) cell ``runs`` times, at different occurrences."""
+    """Run every (operation, point) cell ``runs`` times, at different occurrences.
+
+    Each run's directory is made in ``directory`` (a temp dir if None).
+    """
     settings = settings or Settings(durability="os")
     hits = count_hits(settings)
     chosen = cells or [(op, point) for op, points in MATRIX.items() for point in points]
@@ -242,14 +246,16 @@ def run_matrix(
             raise ValueError(f"the workload never reaches {point} inside {op}")
         for r in range(runs):
             nth = 1 + (r * 7) % reachable  # spread over the run's occurrences
-            out.append(_one(op, point, nth, settings))
+            out.append(_one(op, point, nth, settings, directory))
             if progress is not None:
                 progress(out[-1])
     return out
 
 
-def _one(op: str, point: str, nth: int, settings: Settings) -> KillRun:
-    tmp = Path(tempfile.mkdtemp(prefix="neps-kill-"))
+def _one(
+    op: str, point: str, nth: int, settings: Settings, directory: Path | None = None
+) -> KillRun:
+    tmp = Path(tempfile.mkdtemp(prefix="neps-kill-", dir=directory))
     start = time.monotonic()
     try:
         root, acks = tmp / "run", tmp / "acks.jsonl"
