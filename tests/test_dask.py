@@ -38,12 +38,20 @@ def test_a_swarm_with_kills_on_dask(client: Any, tmp_path: Path) -> None:
 
     launcher = DaskLauncher(client)
     try:
-        config = SwarmConfig(workers=3, trials=60, kill_rate=0.05, observers=1, timeout=120)
+        config = SwarmConfig(
+            workers=3,
+            trials=60,
+            kill_rate=0.08,
+            kill_points=("store.committed", "update.files_written"),
+            observers=1,
+            timeout=120,
+        )
         result = run_swarm(config, tmp_path / "run", launcher=launcher)
     finally:
         launcher.close()
     result.assert_consistent()
     assert result.kills > 0
+    assert {k.point for w in result.workers for k in w.kills} - {"after-op"}  # at fault points
     assert result.replacements == result.kills
     assert not launcher.running()
     client.wait_for_workers(4, timeout=60)  # every killed Dask worker's nanny restarts it

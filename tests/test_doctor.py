@@ -68,3 +68,13 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "verdict: safe for neps_state" in capsys.readouterr().out
     assert cli.main(["doctor", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_without_renameat2_the_fallback_is_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("neps_state._io._RENAMEAT2", None)
+    check = doctor.check_exchange(tmp_path)
+    assert check.ok
+    assert "fallback" in check.detail
+    assert not check.required
