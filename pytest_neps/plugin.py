@@ -253,6 +253,9 @@ def neps_swarm(
     ``kill_rate``, ...; defaults from the ``neps_swarm`` marker, then the
     ``--neps-*`` options) and returns a ``SwarmResult``: call
     ``.assert_consistent()``, or read ``.problems()`` and ``.summary()``.
+
+    ``launcher=`` runs the workers elsewhere (e.g. ``pytest_neps.dask.DaskLauncher``);
+    ``--neps-scheduler tcp://HOST:PORT`` does so for every swarm of the run.
     """
     from pytest_neps._swarm import SwarmConfig, run_swarm  # noqa: PLC0415 - only when used
 
@@ -269,15 +272,15 @@ def neps_swarm(
 
     scheduler = option(config, "neps_scheduler")
 
-    def run(**overrides: Any) -> SwarmResult:
+    def run(launcher: Any = None, **overrides: Any) -> SwarmResult:
         nonlocal runs
         runs += 1
         path = neps_run_dir if runs == 1 else neps_run_dir.with_name(f"run{runs}")
-        if not scheduler:
-            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path)
+        if launcher is not None or not scheduler:
+            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path, launcher=launcher)
         from pytest_neps.dask import connect  # noqa: PLC0415 - the dask extra
 
-        with connect(scheduler) as launcher:
-            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path, launcher=launcher)
+        with connect(scheduler) as on_dask:
+            return run_swarm(SwarmConfig(**{**defaults, **overrides}), path, launcher=on_dask)
 
     return run

@@ -69,3 +69,36 @@ def test_a_scheduler_that_retries_killed_tasks_is_refused(tmp_path: Path) -> Non
         pytest.raises(ValueError, match="ALLOWED_FAILURES=0"),
     ):
         DaskLauncher(client)
+
+
+def test_the_fixture_takes_a_launcher(client: Any, neps_swarm: Any) -> None:
+    from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
+
+    launcher = DaskLauncher(client)
+    try:
+        result = neps_swarm(launcher=launcher, workers=2, trials=20)
+    finally:
+        launcher.close()
+    result.assert_consistent()
+    assert set(launcher.futures) == {w.worker_id for w in result.workers}
+
+
+def test_the_scheduler_option(client: Any, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_swarm(neps_swarm):
+            result = neps_swarm(workers=2, trials=20, kill_rate=0.05)
+            result.assert_consistent()
+            assert result.kills == result.replacements
+        """
+    )
+    before = set(client.run_on_scheduler(_variables))
+    address = client.scheduler.address
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--neps-scheduler={address}")
+    result.assert_outcomes(passed=1)
+    ran = {v for v in set(client.run_on_scheduler(_variables)) - before if "-w" in v}
+    assert len(ran) >= 2, ran  # the swarm's workers told the scheduler where they ran
+
+
+def _variables(dask_scheduler: Any) -> list[str]:
+    return [v for v in dask_scheduler.extensions["variables"].variables if "neps-swarm" in v]
