@@ -237,10 +237,14 @@ def cmd_crashstates(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     """Run the conformance suite against an implementation; list the seed defects it shows."""
-    from pytest_neps.verdict import verdict  # noqa: PLC0415 - runs pytest in subprocesses
+    from pytest_neps.verdict import SuiteDidNotRunError, verdict  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    result = verdict(args.impl, runs=args.runs, python=args.python)
+    try:
+        result = verdict(args.impl, runs=args.runs, python=args.python)
+    except SuiteDidNotRunError as e:
+        sys.stderr.write(f"neps-state conformance: {e}\n")
+        return 2
     sys.stdout.write(result.render() + "\n")
     return 0 if not result.reported and not result.unexplained else 1
 
@@ -547,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the conformance suite (pytest_neps.suite, the neps-ci budget) against"
         " --impl in fresh pytest processes and list, per seed defect D1-D9, in how many"
         " runs a failure named it, then every failure that names none. Exit 0 when"
-        " nothing failed, 1 otherwise.",
+        " nothing failed, 1 otherwise, 2 when pytest could not run the suite.",
     )
     _add_impl(conformance)
     conformance.add_argument("--runs", type=int, default=1, help="runs of the whole suite")

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 MODULE = "from pytest_neps.suite import *  # noqa: F403\n"
 
 
+class SuiteDidNotRunError(RuntimeError):
+    """pytest did not run the suite (not installed, or it failed to start)."""
+
+
 def run_once(impl: str, python: str, workdir: Path) -> dict[str, list[str] | None]:
     """Test name -> the defects its failure names (None: it passed or was skipped)."""
     (workdir / "test_conformance.py").write_text(MODULE)
@@ -38,7 +42,13 @@ def run_once(impl: str, python: str, workdir: Path) -> dict[str, list[str] | Non
         "--hypothesis-profile=neps-ci", f"--neps-impl={impl}", f"--junitxml={report}",
         "-W", "ignore::DeprecationWarning", "test_conformance.py",
     ]  # fmt: skip
-    subprocess.run(command, cwd=workdir, capture_output=True, check=False)
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=False)
+    if not report.exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SuiteDidNotRunError(
+            f"{python} -m pytest did not run the suite (it needs the test extra:"
+            f" pip install 'neps-state[test]'): {tail[0]}"
+        )
     out: dict[str, list[str] | None] = {}
     for case in ET.parse(report).iter("testcase"):  # noqa: S314 - our own pytest wrote it
         failure = case.find("failure")

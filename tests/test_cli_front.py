@@ -276,3 +276,15 @@ def test_the_command_reports_bad_run_directories_without_a_traceback(
     assert configs_a_file.returncode == 1
     assert f"{run / 'configs'}: is not a folder" in configs_a_file.stdout + configs_a_file.stderr
     assert "Traceback" not in configs_a_file.stderr
+
+
+def test_conformance_says_when_pytest_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named pytest' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    assert main(["conformance", "--python", str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert "did not run the suite" in err
+    assert "No module named pytest" in err
