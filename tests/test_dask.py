@@ -15,13 +15,14 @@ distributed = pytest.importorskip(
 )
 dask = pytest.importorskip("dask")
 
+# Each test has a cluster of its own: a kill in one test never reaches another's tasks.
 # Dask's scheduler leaves sockets to the garbage collector when a cluster closes.
 pytestmark = pytest.mark.filterwarnings(
     "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client() -> Iterator[Any]:
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
