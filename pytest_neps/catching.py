@@ -88,6 +88,14 @@ def consolidation(impl: str, pool: Pool, examples: int, *, shrink: bool = False)
     prop()
 
 
+def texts(error: BaseException) -> list[str]:
+    """The messages and notes of an error and of every error it groups."""
+    out = [str(error), *getattr(error, "__notes__", [])]
+    for sub in getattr(error, "exceptions", ()):
+        out += texts(sub)
+    return out
+
+
 def caught(error: BaseException) -> bool:
     """Whether a failure is a finding (not a crash of the harness itself).
 

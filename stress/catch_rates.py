@@ -23,18 +23,12 @@ from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
 from pytest_neps._profiles import BUDGETS
 from pytest_neps._swarm import SwarmConfig, run_swarm
+from pytest_neps.catching import texts
 from pytest_neps.controls import BY_DEFECT
 from pytest_neps.defects import DEFECTS, named
 from pytest_neps.races import CLAIM_RACE, check_race
 
 CI = BUDGETS["neps-ci"]
-
-
-def _texts(error: BaseException) -> list[str]:
-    out = [str(error), *getattr(error, "__notes__", [])]
-    for sub in getattr(error, "exceptions", ()):
-        out += _texts(sub)
-    return out
 
 
 def _swarm(impl: str, pool: Pool) -> None:
@@ -91,7 +85,7 @@ def rate(defect: str, runs: int, pool: Pool) -> tuple[int, float]:
         try:
             PROPERTIES[defect](impl, pool)
         except BaseException as e:  # noqa: BLE001 - judged by the defect it names
-            caught += defect in named("\n".join(_texts(e)))
+            caught += defect in named("\n".join(texts(e)))
     return caught, (time.perf_counter() - start) / runs
 
 

@@ -19,6 +19,7 @@ from pytest_neps.catching import (
     creation,
     model,
     races,
+    texts,
 )
 
 
@@ -36,25 +37,17 @@ def test_reference_passes_the_same_budget(neps_pool: Pool, prop: PropertyRun) ->
     prop("neps_state:NePSState", neps_pool, 10)
 
 
-def _texts(error: BaseException) -> list[str]:
-    """The messages and notes of an error and of every error it groups."""
-    out = [str(error), *getattr(error, "__notes__", [])]
-    for sub in getattr(error, "exceptions", ()):
-        out += _texts(sub)
-    return out
-
-
 def test_a_race_failure_shrinks_to_a_small_plan_and_prints_the_history(neps_pool: Pool) -> None:
     with pytest.raises(BaseException) as info:
         races(CONTROL + "UnlockedSampling", neps_pool, 50, shrink=True)
     assert caught(info.value)
-    text = "\n".join(_texts(info.value))
+    text = "\n".join(texts(info.value))
     assert "plan: {'prefix'" in text  # the (shrunk) plan ...
     assert "the race broke an invariant" in text  # ... the verdict ...
     assert "history:\n" in text  # ... and the history, one line per operation
     assert "w0 " in text or "w1 " in text or "w2 " in text
     # A note of the final replay, or a line of the failure's message: a race that did
     # not reproduce in the replay (Hypothesis's FlakyFailure) has no notes.
-    lines = [line for t in _texts(info.value) for line in t.splitlines()]
+    lines = [line for t in texts(info.value) for line in t.splitlines()]
     plans = [line for line in lines if line.startswith("plan: ")]
     assert min(t.count("(") for t in plans) <= 8  # shrunk to a handful of operations

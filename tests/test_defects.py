@@ -15,7 +15,7 @@ from pytest_neps import catching, probes
 from pytest_neps._impl import Impl, as_impl
 from pytest_neps._pool import Pool
 from pytest_neps._swarm import SwarmConfig, run_swarm
-from pytest_neps.catching import CONTROL
+from pytest_neps.catching import CONTROL, texts
 from pytest_neps.controls import BY_DEFECT
 from pytest_neps.defects import DEFECTS, finding, named
 from pytest_neps.races import CLAIM_RACE, check_race
@@ -95,14 +95,7 @@ def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
 def _named_failure(run: object, *args: object) -> list[str]:
     with pytest.raises(BaseException) as info:
         run(*args)  # type: ignore[operator]
-    return named("\n".join(_texts(info.value)))
-
-
-def _texts(error: BaseException) -> list[str]:
-    out = [str(error), *getattr(error, "__notes__", [])]
-    for sub in getattr(error, "exceptions", ()):
-        out += _texts(sub)
-    return out
+    return named("\n".join(texts(info.value)))
 
 
 def test_a_read_after_cache_loss_is_d1(neps_pool: Pool) -> None:
