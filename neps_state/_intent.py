@@ -24,6 +24,7 @@ from neps_state._io import create, own_descriptor, pwrite
 from neps_state._journal import frame, parse_frames
 
 _MAX_READ = 1 << 20
+_FIRST_READ = 4096
 _CLEAN = frame(b"")
 
 
@@ -91,7 +92,13 @@ class IntentFile:
 
     def read(self) -> Intent | None:
         """The recorded intent, ``UNREADABLE``, or None when clean."""
-        data = os.pread(self._descriptor(), _MAX_READ, 0)
+        fd = self._descriptor()
+        data = os.pread(fd, _FIRST_READ, 0)
+        if len(data) >= 4:
+            # One frame: read the rest of it only when it is longer than the first read.
+            end = min(int.from_bytes(data[:4], "little") + 8, _MAX_READ)
+            if end > len(data) == _FIRST_READ:
+                data += os.pread(fd, end - len(data), len(data))
         if not data:
             return None
         payloads, _ = parse_frames(data, 0, empty_ok=True)

@@ -35,6 +35,7 @@ import yaml
 
 from neps_state import _pickles as pickles
 from neps_state._errors import CorruptedFileError
+from neps_state._fastyaml import FastYaml
 
 FAULT_POINTS: tuple[str, ...] = (
     "lock.acquired",
@@ -383,12 +384,22 @@ _YAML_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _yaml_text(obj: object) -> str:
+    text: str = yaml.dump(obj, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True)
+    return text
+
+
+_FAST_YAML = FastYaml(_yaml_text)
+
+
 def dump_yaml(obj: object, path: Path) -> bytes:
     """Serialize to YAML, or raise ``CorruptedFileError`` naming the file it was for."""
-    try:
-        text: str = yaml.dump(obj, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True)
-    except yaml.YAMLError as e:
-        raise CorruptedFileError(path, f"cannot be written as YAML: {e}") from None
+    text = _FAST_YAML.dump(obj)
+    if text is None:
+        try:
+            text = _yaml_text(obj)
+        except yaml.YAMLError as e:
+            raise CorruptedFileError(path, f"cannot be written as YAML: {e}") from None
     return text.encode("utf-8")
 
 
