@@ -61,7 +61,7 @@ def test_covers_what_trials_write() -> None:
     """Configs and reports of the usual kind take the fast path (else it speeds nothing)."""
     fast = FastYaml(_yaml_text)
     config = {"learning_rate": 1e-05, "optimizer": "adamw", "layers": 3, "dropout": 0.0}
-    report = {
+    report: dict[str, Any] = {
         "objective_to_minimize": 0.25,
         "cost": None,
         "learning_curve": [0.9, 0.5, 0.25],
