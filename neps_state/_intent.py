@@ -22,6 +22,7 @@ from typing import Any
 
 from neps_state._io import create, own_descriptor, pwrite
 from neps_state._journal import frame, parse_frames
+from neps_state._proc import pid
 
 _MAX_READ = 1 << 20
 _FIRST_READ = 4096
@@ -84,10 +85,10 @@ class IntentFile:
         self._fd = -1
 
     def _descriptor(self) -> int:
-        if self._pid != os.getpid():
+        if self._pid != pid():
             self._fd = create(self.path, flags=os.O_RDWR, exclusive=False)
             own_descriptor(self, self._fd)
-            self._pid = os.getpid()
+            self._pid = pid()
         return self._fd
 
     def read(self) -> Intent | None:

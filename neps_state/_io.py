@@ -36,6 +36,7 @@ import yaml
 from neps_state import _pickles as pickles
 from neps_state._errors import CorruptedFileError
 from neps_state._fastyaml import FastYaml
+from neps_state._proc import unique
 
 FAULT_POINTS: tuple[str, ...] = (
     "lock.acquired",
@@ -276,7 +277,7 @@ TMP_INFIX = ".tmp-"
 
 def tmp_sibling(path: Path) -> Path:
     """A fresh, unique temp path in the same directory as ``path``."""
-    return path.with_name(f".{path.name}{TMP_INFIX}{secrets.token_hex(6)}")
+    return path.with_name(f".{path.name}{TMP_INFIX}{unique()}")
 
 
 def write_atomic(

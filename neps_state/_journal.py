@@ -35,6 +35,7 @@ from neps_state._io import (
     write,
     write_atomic,
 )
+from neps_state._proc import pid
 
 MAGIC = b"NEPSJRN1"
 HEADER_SIZE = len(MAGIC) + 16
@@ -94,7 +95,7 @@ class Journal:
 
     def close(self) -> None:
         """Forget the open descriptor (the next refresh reopens and re-reads)."""
-        if self._pid == os.getpid() and self._closer is not None:
+        if self._pid == pid() and self._closer is not None:
             self._closer()
         self._pid, self._fd, self._ident, self._closer = -1, -1, None, None
 
@@ -108,7 +109,7 @@ class Journal:
         except FileNotFoundError:
             self.close()
             return None
-        reset = self._pid != os.getpid() or self._ident != (st.st_dev, st.st_ino)
+        reset = self._pid != pid() or self._ident != (st.st_dev, st.st_ino)
         if reset:
             self._reopen()
         size = os.fstat(self._fd).st_size
@@ -132,7 +133,7 @@ class Journal:
             os.close(fd)
             raise ForeignCacheError(f"{self.path} is not a neps_state journal")
         st = os.fstat(fd)
-        self._pid, self._fd, self._ident = os.getpid(), fd, (st.st_dev, st.st_ino)
+        self._pid, self._fd, self._ident = pid(), fd, (st.st_dev, st.st_ino)
         self._closer = own_descriptor(self, fd)
         self.token = head[len(MAGIC) :]
         self.offset = HEADER_SIZE

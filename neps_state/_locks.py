@@ -29,6 +29,7 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from neps_state._errors import LockTimeoutError
 from neps_state._io import create, fault_point, own_descriptor
+from neps_state._proc import pid
 from neps_state._settings import LOCK_TIMEOUT_ENV, Settings
 
 _REOPEN_LOCK = threading.Lock()
@@ -116,14 +117,14 @@ class FileLocker:
 
     def _enter_process(self) -> None:
         with _REOPEN_LOCK:
-            if self._pid != os.getpid():
+            if self._pid != pid():
                 # A new process: forget the inherited descriptor and lock state.
                 self._thread_lock = threading.RLock()
                 self._depth = 0
                 self._waiter = None
                 self._fd = create(self.path, flags=os.O_RDWR, exclusive=False)
                 own_descriptor(self, self._fd)
-                self._pid = os.getpid()
+                self._pid = pid()
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -137,7 +138,7 @@ class FileLocker:
     def _acquire(self) -> None:
         timeout = self.settings.lock_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._pid != os.getpid():
+        if self._pid != pid():
             self._enter_process()
         if not self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockTimeoutError(self.path, timeout or 0.0, LOCK_TIMEOUT_ENV)

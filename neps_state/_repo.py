@@ -63,6 +63,7 @@ from neps_state._io import (
 )
 from neps_state._journal import HEADER_SIZE, MAGIC, Journal, ReadResult
 from neps_state._optimizer import OptimizationState, adopt_state
+from neps_state._proc import pid, unique
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
 from neps_state._spare import SpareFolder, sweep
@@ -723,7 +724,7 @@ class TrialRepo:
     def _begin(self, op: str, ids: tuple[str, ...], **extra: Any) -> Intent:
         intent = Intent(
             op=op,
-            pid=os.getpid(),
+            pid=pid(),
             token=self._journal.token,
             offset=self._journal.offset,
             ids=ids,
@@ -733,7 +734,7 @@ class TrialRepo:
         return intent
 
     def _stage(self, files: dict[str, bytes | None]) -> Path:
-        staging = self.directory / f"{_STAGING}{secrets.token_hex(6)}"
+        staging = self.directory / f"{_STAGING}{unique()}"
         mkdir(staging)
         for name, data in files.items():
             if data is not None:

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from neps_state._io import (
     unlink,
     write,
 )
+from neps_state._proc import pid, unique
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ def _remove(path: Path) -> None:
         unlink(path)
 
 
-def _discard_at_exit(path: Path, fds: list[int], pid: int) -> None:
+def _discard_at_exit(path: Path, fds: list[int], owner: int) -> None:
     # Runs when the owner is garbage collected or the interpreter exits; a forked
     # child inherits the finalizer but must leave its parent's spare alone.
-    if os.getpid() == pid:
+    if pid() == owner:
         _close_all(fds)
         _remove(path)
 
@@ -102,7 +102,7 @@ def retire(path: Path, into: Path) -> Path | None:
     A rename over ``path`` then frees nothing: the caller unlinks the second name
     later, outside its critical section.
     """
-    retired = into / f"{SPARE_INFIX}{secrets.token_hex(6)}"
+    retired = into / f"{SPARE_INFIX}{unique()}"
     try:
         link(path, retired)
     except FileNotFoundError:
@@ -136,10 +136,10 @@ class _Spare(abc.ABC):
         Failing to create it only logs: the write then creates its file under the lock.
         Nested (an optimizer that samples from inside ``ask``), the outer spare serves.
         """
-        if self._held is not None and self._pid == os.getpid():
+        if self._held is not None and self._pid == pid():
             yield
             return
-        self._held, self._pid = None, os.getpid()
+        self._held, self._pid = None, pid()
         try:
             held = self._create()
         except OSError as e:
@@ -162,7 +162,7 @@ class _Spare(abc.ABC):
         """Create the spare and lock it."""
 
     def _take(self) -> _Held | None:
-        held = self._held if self._pid == os.getpid() else None
+        held = self._held if self._pid == pid() else None
         self._held = None
         return held
 
@@ -176,7 +176,7 @@ class SpareFile(_Spare):
         self._swaps = True  # until the file system says it can't
 
     def _create(self) -> _Held:
-        path = self.target.with_name(f".{self.target.name}{SPARE_INFIX}{secrets.token_hex(6)}")
+        path = self.target.with_name(f".{self.target.name}{SPARE_INFIX}{unique()}")
         fd = create(path)
         try:
             _lock(fd)
@@ -224,7 +224,7 @@ class SpareFolder(_Spare):
         self.names = names
 
     def _create(self) -> _Held:
-        path = self.parent / f"{SPARE_INFIX}{secrets.token_hex(6)}"
+        path = self.parent / f"{SPARE_INFIX}{unique()}"
         mkdir(path)
         held = _Held(path, -1)
         try:

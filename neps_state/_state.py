@@ -43,6 +43,7 @@ from neps_state._optimizer import (
     SampledConfig,
     adopt_state,
 )
+from neps_state._proc import pid
 from neps_state._repo import Repair, TrialRepo
 from neps_state._settings import Settings
 from neps_state._spare import SpareFile, sweep
@@ -245,14 +246,14 @@ class NePSState:
         first handle of a new boot compares them with the journal and repairs them.
         Cheap afterwards: one small file is read per handle and process.
         """
-        if self._checked_pid == os.getpid():
+        if self._checked_pid == pid():
             return
         configs, boot = self.path / CONFIGS_DIR, current_boot()
         if not is_checked(configs, boot):
             with self._optimizer_lock.lock(), self._trials():
                 if not is_checked(configs, boot):
                     self._recover(boot)
-        self._checked_pid = os.getpid()
+        self._checked_pid = pid()
 
     def _recover(
         self, boot: str | None, *, dry_run: bool = False, salvage: bool = False

@@ -116,9 +116,12 @@ class MetaData:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, with the state as its string value."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {name: getattr(self, name) for name in _METADATA_FIELDS}
         d["state"] = self.state.value
         return d
+
+
+_METADATA_FIELDS = tuple(f.name for f in fields(MetaData))
 
 
 def _same_number(a: object, b: object) -> bool:
