@@ -124,6 +124,8 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int
         if e.errno == errno.EISDIR:
             raise CorruptedFileError(path, "is a directory, not a file") from None
         raise
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        return fd  # created by this call: a regular file, nothing else can be there
     mode_now = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode_now):
         os.close(fd)

@@ -27,7 +27,7 @@ import logging
 import os
 import pickle
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +81,7 @@ from neps_state._trialfiles import (
     CONFIG_FILE,
     METADATA_FILE,
     PREFIX,
+    PREVIOUS_FILE,
     TrialWriteHint,
     changed_files,
     list_trial_ids,
@@ -182,6 +183,7 @@ class TrialRepo:
         self._optimizer_state: bytes | None = None
         self._errors_base: int | None = None
         self._errors_journaled: list[tuple[int, bytes]] = []
+        self._holding = self._synced_in_hold = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
@@ -247,11 +249,27 @@ class TrialRepo:
 
     def sync(self) -> None:
         """Bring the view up to date; first recover from a writer that died."""
+        if self._synced_in_hold:
+            return
         intent = self._intent.read()
         if intent is None:
             self._refresh(recovering=False)
         else:
             self._recover(intent)
+        self._synced_in_hold = self._holding
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Enter once the trial lock is taken, leave before it is released.
+
+        Nobody else can append meanwhile, so the first :meth:`sync` inside serves
+        every later one (an operation checks and then commits: one read, not two).
+        """
+        self._holding, self._synced_in_hold = True, False
+        try:
+            yield
+        finally:
+            self._holding = self._synced_in_hold = False
 
     def _refresh(self, *, recovering: bool) -> None:
         try:
@@ -637,10 +655,11 @@ class TrialRepo:
     ) -> None:
         """Replace a trial with a new version of it.
 
-        The hinted files are rewritten, and any file whose content changed, so the
-        folder always matches the cache. ``error`` is appended to the error dump
-        as part of the same commit. ``prepared`` (from :meth:`prepare_update` for
-        this trial) supplies files already written; its copy of the trial is stored.
+        The hinted files are rewritten (but an unchanged ``previous_trial_id.txt``),
+        and any file whose content changed, so the folder always matches the cache.
+        ``error`` is appended to the error dump as part of the same commit.
+        ``prepared`` (from :meth:`prepare_update` for this trial) supplies files
+        already written; its copy of the trial is stored.
         """
         names = normalize_hints(hints)
         self.sync()
@@ -658,6 +677,8 @@ class TrialRepo:
         ready = {} if prepared is None else prepared.files
         files = render(new, path, [f for f in (*names, *changed_files(old, new)) if f not in ready])
         files.update(ready)
+        if old.metadata.previous_trial_id == new.metadata.previous_trial_id:
+            files.pop(PREVIOUS_FILE, None)  # the same as on disk: one system call less
         temps = {} if prepared is None else prepared.temps
         line = None if error is None else error.to_line()
         if line is not None and self.errors is None:

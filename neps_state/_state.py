@@ -144,7 +144,7 @@ class NePSState:
         Flushing outside the lock lets workers that commit at the same time share
         one disk commit; the caller returns (acknowledges) only after the flush.
         """
-        with self._trial_lock.lock():
+        with self._trial_lock.lock(), self._trial_repo.holding():
             yield
         self._trial_repo.flush()
 

@@ -278,9 +278,9 @@ class TwoStepClaim(NePSState):
 
 
 class _RereadingRepo(TrialRepo):
-    def sync(self) -> None:
+    def _refresh(self, *, recovering: bool) -> None:
         self._journal.close()  # every operation reads the whole cache again
-        super().sync()
+        super()._refresh(recovering=recovering)
 
 
 class RereadsEverything(NePSState):
