@@ -283,14 +283,21 @@ def tmp_sibling(path: Path) -> Path:
 
 
 def write_atomic(
-    path: Path, data: bytes, *, fsync: bool, sync_dir: bool = True, fault: str = ""
+    path: Path,
+    data: bytes,
+    *,
+    fsync: bool,
+    sync_dir: bool = True,
+    fault: str = "",
+    tmp_dir: Path | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` so that readers see all of it or none of it.
 
     With ``sync_dir=False`` the caller fsyncs the directory once for several files;
-    ``fault`` names a fault point between the complete temp file and the rename.
+    ``fault`` names a fault point between the complete temp file and the rename;
+    ``tmp_dir`` (same file system) holds the temp file instead of ``path``'s folder.
     """
-    tmp = tmp_sibling(path)
+    tmp = tmp_sibling(path) if tmp_dir is None else tmp_dir / tmp_sibling(path).name
     fd = create(tmp)
     try:
         try:
@@ -311,6 +318,8 @@ def write_atomic(
         raise
     if fsync and sync_dir:
         fsync_dir(path.parent)
+        if tmp_dir is not None and tmp_dir != path.parent:
+            fsync_dir(tmp_dir)
 
 
 def _load_renameat2() -> Any:

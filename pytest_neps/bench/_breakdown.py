@@ -15,7 +15,20 @@ tell at 1, 3 and 10 parameters on a journal prefilled with as many trials:
 - ``seed_cycle``: sample, ``put_updated_trial`` evaluating, report (NePS's runtime);
 - ``claim_cycle``: sample already claimed, report.
 
-Medians per operation; each beside both floors (``x append``, ``x create``).
+Medians per operation; each beside both floors (``x append``, ``x create``) and
+beside *its own* floor (``x floor``): the disk work NePS's layout and the
+durability promise leave it no way around, summed from primitives timed in the
+same rounds on the same directory: ``append`` (one fsynced append: the commit),
+``replace`` (a file of a trial's folder rewritten atomically: a temp file written
+in the parent folder, renamed over the old one), ``create`` (a new file of a
+trial's folder, made the same way), ``folder`` (a new trial folder of two files:
+mkdir, two files made beside it and moved in, the folder renamed into place) and
+``read`` (open, read and close a small file).
+A sample commits, makes the trial's folder and replaces ``optimizer_state.pkl``;
+a claim or a ``put_updated_trial`` commits and replaces ``metadata.json``; a
+report commits, replaces ``metadata.json`` and creates ``report.yaml``; a read of
+one trial is at best a small file's read; reading every trial has no disk floor
+(it is served from memory; its cost per trial is printed instead).
 """
 
 from __future__ import annotations
@@ -36,6 +49,20 @@ from pytest_neps.bench._cost import _memory_journal, _Ours, _succeed
 
 FLOOR_BYTES = b"x" * 199 + b"\n"
 OPTUNA_PARAMS = (1, 3, 10)
+PRIMITIVES = ("append", "replace", "create", "folder", "read")
+_SAMPLE = ("append", "folder", "replace")
+_REPORT = ("append", "replace", "create")
+FLOOR_OF: dict[str, tuple[str, ...]] = {
+    "sample": _SAMPLE,
+    "claim_next_pending": ("append", "replace"),
+    "report": _REPORT,
+    "sample_claim": _SAMPLE,
+    "put_evaluating": ("append", "replace"),
+    "get_trial_by_id": ("read",),
+    "seed_cycle": (*_SAMPLE, "append", "replace", *_REPORT),
+    "claim_cycle": (*_SAMPLE, *_REPORT),
+}
+"""Each operation's floor, as the primitives it cannot do without (see the module doc)."""
 
 
 def _sample(state: NePSState) -> Trial:
@@ -98,27 +125,69 @@ class _Round:
 
 
 class _Floors:
-    """The two floors, on the run's own directory."""
+    """The primitives of the floors, on the run's own directory (ns each).
+
+    Done the cheapest way known on ext4, the way the state does them: files are
+    made in a long-used folder (here ``.floors/``, there ``configs/``) and moved
+    into the newest folder, which stands for a trial's.
+    """
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.log = os.open(directory / ".floor-append", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.directory = directory / ".floors"
+        self.directory.mkdir()
+        self.log = os.open(self.directory / "append", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.k = 0
+        self.latest = self._name()
+        self.latest.mkdir()
+        self._write(self.latest / "a")
 
-    def append_fsync(self) -> int:
-        t0 = time.perf_counter_ns()
-        os.write(self.log, FLOOR_BYTES)
-        os.fsync(self.log)
-        return time.perf_counter_ns() - t0
-
-    def create(self) -> int:
-        self.k += 1
-        path = self.directory / f".floor-create-{self.k}"
-        t0 = time.perf_counter_ns()
+    def _write(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         os.write(fd, FLOOR_BYTES)
         os.close(fd)
-        return time.perf_counter_ns() - t0
+
+    def _name(self) -> Path:
+        self.k += 1
+        return self.directory / f"f{self.k}"
+
+    def _moved_in(self, name: str) -> None:
+        tmp = self._name()
+        self._write(tmp)
+        os.rename(tmp, self.latest / name)
+
+    def append(self) -> None:
+        os.write(self.log, FLOOR_BYTES)
+        os.fsync(self.log)
+
+    def replace(self) -> None:
+        self._moved_in("a")
+
+    def create(self) -> None:
+        self._moved_in(f"c{self.k}")
+
+    def folder(self) -> None:
+        new = self._name()
+        os.mkdir(new)
+        for name in ("a", "b"):
+            tmp = self._name()
+            self._write(tmp)
+            os.rename(tmp, new / name)
+        self.latest = self._name()
+        os.rename(new, self.latest)
+
+    def read(self) -> None:
+        fd = os.open(self.latest / "a", os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+
+    def timed(self) -> dict[str, int]:
+        out = {}
+        for name in PRIMITIVES:
+            step = getattr(self, name)
+            t0 = time.perf_counter_ns()
+            step()
+            out[f"floor_{name}"] = time.perf_counter_ns() - t0
+        return out
 
     def close(self) -> None:
         os.close(self.log)
@@ -190,26 +259,33 @@ def breakdown(
             for _ in range(samples):
                 for name, ns in rounds.run().items():
                     times.setdefault(name, []).append(ns)
-                times.setdefault("floor_append_fsync", []).append(floors.append_fsync())
-                times.setdefault("floor_create", []).append(floors.create())
+                for name, ns in floors.timed().items():
+                    times.setdefault(name, []).append(ns)
                 for k, study in others.items():
                     times.setdefault(f"optuna_{k}_params", []).append(study.cycle())
         finally:
             gc.unfreeze()
             floors.close()
     ms = {name: statistics.median(v) / 1e6 for name, v in times.items()}
-    append, create = ms["floor_append_fsync"], ms["floor_create"]
-    rows = [
-        {"operation": name, "ms": value, "x_append": value / append, "x_create": value / create}
-        for name, value in ms.items()
-        if not name.startswith(("floor_", "optuna_"))
-    ]
+    primitive = {name: ms[f"floor_{name}"] for name in PRIMITIVES}
+    append, create = primitive["append"], primitive["create"]
+    rows = []
+    for name, value in ms.items():
+        if name.startswith(("floor_", "optuna_")):
+            continue
+        row: dict[str, Any] = {"operation": name, "ms": value}
+        row |= {"x_append": value / append, "x_create": value / create}
+        parts = FLOOR_OF.get(name)
+        if parts is not None:
+            floor = sum(primitive[p] for p in parts)
+            row |= {"floor_ms": floor, "x_floor": value / floor, "floor": " + ".join(parts)}
+        rows.append(row)
     optuna_ms = {k: ms[f"optuna_{k}_params"] for k in others}
     return {
         "trials": trials,
         "samples": samples,
         "durability": durability,
-        "floors_ms": {"append_fsync": append, "create": create},
+        "floors_ms": {"append_fsync": append, **primitive},
         "operations": rows,
         "optuna_ms": optuna_ms,
         "seed_cycle_vs_optuna": {k: ms["seed_cycle"] / v for k, v in optuna_ms.items()},
@@ -220,16 +296,23 @@ def breakdown(
 def render_breakdown(result: dict[str, Any]) -> str:
     """The breakdown as a text table."""
     f = result["floors_ms"]
+    primitives = ", ".join(f"{name} {f[name]:.3f}" for name in PRIMITIVES)
     head = (
         f"Operations at {result['trials']} trials ({result['durability']}, median of"
-        f" {result['samples']}); floors on the same directory: fsynced append"
-        f" {f['append_fsync']:.3f} ms, file creation {f['create']:.3f} ms"
+        f" {result['samples']}); floor primitives on the same directory, ms: {primitives}"
     )
-    lines = [head, f"{'operation':<20} {'ms':>8} {'x append':>9} {'x create':>9}"]
-    lines += [
-        f"{r['operation']:<20} {r['ms']:8.3f} {r['x_append']:9.1f} {r['x_create']:9.1f}"
-        for r in result["operations"]
+    lines = [
+        head,
+        f"{'operation':<20} {'ms':>8} {'x append':>9} {'x create':>9} {'x floor':>8}  floor",
     ]
+    for r in result["operations"]:
+        if "x_floor" in r:
+            mine = f"{r['x_floor']:8.2f}  {r['floor']}"
+        else:
+            mine = f"{'-':>8}  {r['ms'] * 1000 / result['trials']:.2f} us per trial"
+        lines.append(
+            f"{r['operation']:<20} {r['ms']:8.3f} {r['x_append']:9.1f} {r['x_create']:9.1f} {mine}"
+        )
     for k, value in result["optuna_ms"].items():
         lines.append(
             f"Optuna ask + {k} suggestion(s) + tell: {value:.3f} ms; seed cycle"
