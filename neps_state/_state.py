@@ -135,6 +135,7 @@ class NePSState:
             state_file=self._optimizer_state_path,
         )
         self._state_spare = SpareFile(self._optimizer_state_path)
+        self._sampled_with: tuple[bytes, OptimizationState] | None = None
         self._checked_pid = -1
 
     @contextmanager
@@ -404,7 +405,7 @@ class NePSState:
         with self._optimizer_lock.lock():
             self._sync_view()
             view = self._trial_repo.view
-            opt_state = self._read_optimizer_state()
+            opt_state = self._state_to_sample_with()
             opt_state.seed_snapshot.set_as_global_seed_state()
             budget = opt_state.budget
             if budget is not None:
@@ -424,7 +425,19 @@ class NePSState:
             fault_point("sample.optimizer_state_written")
             with self._trial_lock.lock():
                 self._trial_repo.store_new_trial(trials, optimizer_state=state_bytes)
+            self._sampled_with = (state_bytes, opt_state)
         return trials
+
+    def _state_to_sample_with(self) -> OptimizationState:
+        """The newest optimizer state, as a fresh object to mutate.
+
+        If no other sample came since this handle's last, that sample's object is
+        it (equal to the journal's bytes unpickled), and nothing is read.
+        """
+        last, self._sampled_with = self._sampled_with, None
+        if last is not None and last[0] is self._trial_repo.optimizer_state:
+            return last[1]
+        return self._read_optimizer_state()
 
     def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[Trial]:
         items: list[object] = sampled if isinstance(sampled, list) else [sampled]

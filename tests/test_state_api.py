@@ -9,6 +9,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -363,6 +364,42 @@ def test_seed_snapshot_is_restored_before_and_recaptured_after(run_dir: Path) ->
     state.lock_and_sample_trial(ask, worker_id="w0")
     random.seed(999)  # the caller's RNG use must not leak into the run's sequence
     state.lock_and_sample_trial(ask, worker_id="w0")
+    random.seed(1234)
+    assert draws == [random.random(), random.random()]
+
+
+def _drawing(draws: list[float], *, fixed_id: str | None = None) -> Any:
+    def ask(trials: Any, budget_info: Any, n: Any = None) -> SampledConfig:
+        draws.append(random.random())
+        return SampledConfig(id=fixed_id or str(len(trials)), config={})
+
+    return ask
+
+
+def test_the_run_draws_one_sequence_across_handles(run_dir: Path) -> None:
+    """Each sample continues the RNG state the last sample of *any* handle left.
+
+    (A handle keeps its last sample's state object; it must not use it once
+    another handle has sampled since.)
+    """
+    random.seed(1234)
+    make_state(run_dir)
+    a, b = NePSState.load(run_dir), NePSState.load(run_dir)
+    draws: list[float] = []
+    for handle in (a, b, a, a, b, a):
+        handle.lock_and_sample_trial(_drawing(draws), worker_id="w0")
+    random.seed(1234)
+    assert draws == [random.random() for _ in range(6)]
+
+
+def test_a_failed_sample_leaves_the_sequence_alone(run_dir: Path) -> None:
+    random.seed(1234)
+    state = make_state(run_dir)
+    draws: list[float] = []
+    state.lock_and_sample_trial(_drawing(draws), worker_id="w0")
+    with pytest.raises(TrialAlreadyExistsError):
+        state.lock_and_sample_trial(_drawing([], fixed_id="0"), worker_id="w0")
+    state.lock_and_sample_trial(_drawing(draws), worker_id="w0")
     random.seed(1234)
     assert draws == [random.random(), random.random()]
 
