@@ -176,3 +176,13 @@ def test_operation_breakdown_beside_the_floors(tmp_path: Path) -> None:
     row = ops["sample"]
     assert row["x_append"] == pytest.approx(row["ms"] / floors["append_fsync"])
     assert "x append" in render_breakdown(result)
+    assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
+    primitives = result["floors_ms"]
+    assert row["floor_ms"] == pytest.approx(
+        primitives["append"] + primitives["folder"] + primitives["replace"]
+    )
+    names = [t["name"] for t in result["targets"]]
+    assert "sample <= 3.0x its floor" in names
+    assert "claim_next_pending <= sample (ms)" in names
+    # Without Optuna those two cannot be measured, and say so.
+    assert [t["met"] for t in result["targets"] if "Optuna" in t["name"]] == [None, None]

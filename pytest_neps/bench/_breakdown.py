@@ -44,7 +44,13 @@ from typing import Any
 
 from neps_state import NePSState, Trial
 from pytest_neps._optimizers import random_search
-from pytest_neps.bench._common import WORKER, _quiet_optuna, _workdir, optuna_version
+from pytest_neps.bench._common import (
+    OPS_TARGETS,
+    WORKER,
+    _quiet_optuna,
+    _workdir,
+    optuna_version,
+)
 from pytest_neps.bench._cost import _memory_journal, _Ours, _succeed
 
 FLOOR_BYTES = b"x" * 199 + b"\n"
@@ -281,7 +287,7 @@ def breakdown(
             row |= {"floor_ms": floor, "x_floor": value / floor, "floor": " + ".join(parts)}
         rows.append(row)
     optuna_ms = {k: ms[f"optuna_{k}_params"] for k in others}
-    return {
+    result = {
         "trials": trials,
         "samples": samples,
         "durability": durability,
@@ -291,6 +297,36 @@ def breakdown(
         "seed_cycle_vs_optuna": {k: ms["seed_cycle"] / v for k, v in optuna_ms.items()},
         "claim_cycle_vs_optuna": {k: ms["claim_cycle"] / v for k, v in optuna_ms.items()},
     }
+    result["targets"] = ops_targets(result)
+    return result
+
+
+def ops_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's targets for one breakdown: each met, missed, or not measured (None)."""
+    ops = {r["operation"]: r for r in result["operations"]}
+    limit = OPS_TARGETS["x_floor"]
+    out = [
+        _met(f"{name} <= {limit}x its floor", row["x_floor"], limit)
+        for name, row in ops.items()
+        if "x_floor" in row and not name.endswith("_cycle")
+    ]
+    out.append(
+        _met(
+            "claim_next_pending <= sample (ms)",
+            ops["claim_next_pending"]["ms"],
+            ops["sample"]["ms"],
+        )
+    )
+    for k in (1, 3):
+        limit = OPS_TARGETS[f"seed_cycle_vs_optuna_{k}"]
+        value = result["seed_cycle_vs_optuna"].get(k)
+        out.append(_met(f"seed cycle <= {limit}x Optuna at {k} parameter(s)", value, limit))
+    return out
+
+
+def _met(name: str, value: float | None, limit: float) -> dict[str, Any]:
+    met = None if value is None else value <= limit
+    return {"name": name, "value": value, "limit": limit, "met": met}
 
 
 def render_breakdown(result: dict[str, Any]) -> str:
@@ -319,4 +355,9 @@ def render_breakdown(result: dict[str, Any]) -> str:
             f" x{result['seed_cycle_vs_optuna'][k]:.2f}, claim cycle"
             f" x{result['claim_cycle_vs_optuna'][k]:.2f}"
         )
+    lines.append("Targets (issue 16)")
+    for t in result["targets"]:
+        state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"  [{state:>12}] {t['name']}: {value}")
     return "\n".join(lines)

@@ -103,8 +103,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--ops",
         action="store_true",
         help="instead: each operation's ms beside the disk's floors (an fsynced append, a"
-        " file creation) at one run size (the first --trials, default 1000), and the"
-        " seed-API and claim cycles beside Optuna at 1, 3 and 10 parameters",
+        " file creation, and its own floor summed from such primitives) at each --trials"
+        " size (default 1000), the seed-API and claim cycles beside Optuna at 1, 3 and 10"
+        " parameters, issue 16's targets, and the cycles' growth over the first size",
     )
     parser.add_argument(
         "--quick",
@@ -166,19 +167,41 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _ops(args: argparse.Namespace, pick: Any) -> int:
-    trials = args.trials[0] if args.trials else 1000
+    sizes = args.trials or (1000,)
     durability = "fsync" if args.durability == "both" else args.durability
-    result = breakdown(
-        trials=trials,
-        samples=pick("samples"),
-        durability=durability,
-        optuna=not args.no_optuna,
-        directory=args.dir,
-    )
-    sys.stdout.write(render_breakdown(result) + "\n")
+    runs = []
+    for trials in sizes:
+        result = breakdown(
+            trials=trials,
+            samples=pick("samples"),
+            durability=durability,
+            optuna=not args.no_optuna,
+            directory=args.dir,
+        )
+        sys.stdout.write(render_breakdown(result) + "\n")
+        runs.append(result)
+    growth = _cycle_growth(runs)
+    for line in growth["lines"]:
+        sys.stdout.write(line + "\n")
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        out = runs[0] if len(runs) == 1 else {"runs": runs, "growth": growth["ratios"]}
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _cycle_growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each cycle's ms at every size over its ms at the first (runs one after the other)."""
+    ms = [{r["operation"]: r["ms"] for r in run["operations"]} for run in runs]
+    ratios: dict[str, dict[int, float]] = {}
+    lines = []
+    for cycle in ("seed_cycle", "claim_cycle"):
+        ratios[cycle] = {
+            run["trials"]: m[cycle] / ms[0][cycle] for run, m in zip(runs, ms, strict=True)
+        }
+        if len(runs) > 1:
+            steps = ", ".join(f"@{n} x{r:.2f}" for n, r in ratios[cycle].items())
+            lines.append(f"{cycle} over @{runs[0]['trials']} (runs in turn): {steps}")
+    return {"ratios": ratios, "lines": lines}
 
 
 _NOT_MEASURING = frozenset({"func", "command", "json", "markdown", "plot", "from_json"})

@@ -47,7 +47,12 @@ TARGETS = {
     "cost_10k": (10_000, 1.3),
     "cost_100k": (100_000, 1.5),
     "ms_10k_fsync": (10_000, 3.0),
-    "throughput_4_vs_optuna": (4, 1.5),
+    "throughput_4_vs_optuna": (4, 2.0),
+}
+OPS_TARGETS = {
+    "x_floor": 3.0,
+    "seed_cycle_vs_optuna_1": 1.0,
+    "seed_cycle_vs_optuna_3": 0.5,
 }
 
 
