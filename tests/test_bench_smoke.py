@@ -186,3 +186,23 @@ def test_operation_breakdown_beside_the_floors(tmp_path: Path) -> None:
     assert "claim_next_pending <= sample (ms)" in names
     # Without Optuna those two cannot be measured, and say so.
     assert [t["met"] for t in result["targets"] if "Optuna" in t["name"]] == [None, None]
+
+
+def test_ops_at_two_sizes_report_the_cycles_growth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    _bench.add_bench_arguments(parser)
+    md, js = tmp_path / "ops.md", tmp_path / "ops.json"
+    args = ["--ops", "--no-optuna", "--trials", "20,40", "--samples", "3"]
+    args += ["--dir", str(tmp_path / "runs"), "--markdown", str(md), "--json", str(js)]
+    assert _bench.main_bench(parser.parse_args(args)) == 0
+    out = capsys.readouterr().out
+    assert "seed_cycle over @20 (runs in turn): @20 x1.00, @40 x" in out
+    saved = json.loads(js.read_text())
+    assert [r["trials"] for r in saved["runs"]] == [20, 40]
+    assert set(saved["growth"]) == {"seed_cycle", "claim_cycle"}
+    text = md.read_text()
+    assert text.startswith("<!-- written by neps-state bench --ops --markdown")
+    assert "neps-state bench --trials 20,40" in text
+    assert text.count("Targets (issue 16)") == 2

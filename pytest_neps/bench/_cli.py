@@ -14,7 +14,7 @@ from typing import Any
 from pytest_neps.bench._breakdown import breakdown, render_breakdown
 from pytest_neps.bench._common import DEFAULTS, QUICK
 from pytest_neps.bench._report import plot, render_report
-from pytest_neps.bench._run import run_bench
+from pytest_neps.bench._run import machine_info, run_bench
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -183,10 +183,26 @@ def _ops(args: argparse.Namespace, pick: Any) -> int:
     growth = _cycle_growth(runs)
     for line in growth["lines"]:
         sys.stdout.write(line + "\n")
+    if args.markdown is not None:
+        text = "\n\n".join([*map(render_breakdown, runs), *growth["lines"]])
+        args.markdown.write_text(
+            "<!-- written by neps-state bench --ops --markdown; do not edit -->\n\n"
+            f"`{_command_line(args)}`\n\n{_machine_line(machine_info(args.dir))}\n\n"
+            f"```\n{text}\n```\n",
+            encoding="utf-8",
+        )
+        sys.stdout.write(f"wrote {args.markdown}\n")
     if args.json is not None:
         out = runs[0] if len(runs) == 1 else {"runs": runs, "growth": growth["ratios"]}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"Python {m['python']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} total),"
+        f" {m['filesystem'] or '?'} at {m['directory']}"
+    )
 
 
 def _cycle_growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
