@@ -206,3 +206,21 @@ def test_ops_at_two_sizes_report_the_cycles_growth(
     assert text.startswith("<!-- written by neps-state bench --ops --markdown")
     assert "neps-state bench --trials 20,40" in text
     assert text.count("Targets (issue 16)") == 2
+
+
+def test_ops_beside_a_smaller_run_timed_in_the_same_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_neps.bench import _breakdown  # noqa: PLC0415
+
+    monkeypatch.setattr(_breakdown, "PAIRED_BASE", 20)
+    result = _breakdown.breakdown(trials=40, samples=3, optuna=False, directory=tmp_path)
+    paired = result["paired_base"]
+    assert paired["trials"] == 20
+    assert _positive(paired["seed_cycle_x"])
+    assert _positive(paired["claim_cycle_x"])
+    growth = [t for t in result["targets"] if t["name"].startswith("seed cycle @40 <=")]
+    assert [t["value"] for t in growth] == [paired["seed_cycle_x"]]
+    assert "Beside a run of 20 trials" in _breakdown.render_breakdown(result)
+    small = _breakdown.breakdown(trials=20, samples=2, optuna=False, directory=tmp_path)
+    assert "paired_base" not in small

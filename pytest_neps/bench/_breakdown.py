@@ -56,6 +56,8 @@ from pytest_neps.bench._cost import _memory_journal, _Ours, _succeed
 FLOOR_BYTES = b"x" * 199 + b"\n"
 OPTUNA_PARAMS = (1, 3, 10)
 PRIMITIVES = ("append", "replace", "create", "folder", "read")
+PAIRED_BASE = 1000
+"""Above this size, a run of this size is timed in the same rounds: the cycles' growth."""
 _SAMPLE = ("append", "folder", "replace")
 _REPORT = ("append", "replace", "create")
 FLOOR_OF: dict[str, tuple[str, ...]] = {
@@ -117,6 +119,13 @@ class _Round:
         timed("get_trial_by_id", lambda: s.lock_and_get_trial_by_id(some))
         timed("read_trials", s.lock_and_read_trials)
 
+        out.update(self.cycles())
+        return out
+
+    def cycles(self, prefix: str = "") -> dict[str, int]:
+        """The two cycle shapes, each timed once (ns)."""
+        s = self.state
+
         def seed_cycle() -> None:
             trial = _evaluating(_sample(s))
             s.put_updated_trial(trial, hints="metadata")
@@ -125,8 +134,11 @@ class _Round:
         def claim_cycle() -> None:
             _report(s, s.lock_and_sample_trial(random_search, worker_id=WORKER, claim=True))
 
-        timed("seed_cycle", seed_cycle)
-        timed("claim_cycle", claim_cycle)
+        out = {}
+        for name, cycle in (("seed_cycle", seed_cycle), ("claim_cycle", claim_cycle)):
+            t0 = time.perf_counter_ns()
+            cycle()
+            out[prefix + name] = time.perf_counter_ns() - t0
         return out
 
 
@@ -251,6 +263,11 @@ def breakdown(
         ours = _Ours(base / "ours", durability)
         ours.grow_to(trials)
         rounds = _Round(ours.state, random.Random(0))
+        paired = None
+        if trials > PAIRED_BASE:
+            small = _Ours(base / "paired", durability)
+            small.grow_to(PAIRED_BASE)
+            paired = _Round(small.state, random.Random(1))
         floors = _Floors(base / "ours")
         others = (
             {k: _OptunaK(base / f"optuna-{k}.log", k, trials) for k in OPTUNA_PARAMS}
@@ -267,17 +284,26 @@ def breakdown(
                     times.setdefault(name, []).append(ns)
                 for name, ns in floors.timed().items():
                     times.setdefault(name, []).append(ns)
+                for name, ns in (paired.cycles("paired_") if paired else {}).items():
+                    times.setdefault(name, []).append(ns)
                 for k, study in others.items():
                     times.setdefault(f"optuna_{k}_params", []).append(study.cycle())
         finally:
             gc.unfreeze()
             floors.close()
     ms = {name: statistics.median(v) / 1e6 for name, v in times.items()}
+    result = _result(ms, trials=trials, samples=samples, durability=durability)
+    result["targets"] = ops_targets(result)
+    return result
+
+
+def _result(ms: dict[str, float], **head: Any) -> dict[str, Any]:
+    """The medians as rows beside their floors, Optuna's cycles and the paired run."""
     primitive = {name: ms[f"floor_{name}"] for name in PRIMITIVES}
     append, create = primitive["append"], primitive["create"]
     rows = []
     for name, value in ms.items():
-        if name.startswith(("floor_", "optuna_")):
+        if name.startswith(("floor_", "optuna_", "paired_")):
             continue
         row: dict[str, Any] = {"operation": name, "ms": value}
         row |= {"x_append": value / append, "x_create": value / create}
@@ -286,18 +312,19 @@ def breakdown(
             floor = sum(primitive[p] for p in parts)
             row |= {"floor_ms": floor, "x_floor": value / floor, "floor": " + ".join(parts)}
         rows.append(row)
-    optuna_ms = {k: ms[f"optuna_{k}_params"] for k in others}
+    optuna_ms = {k: ms[f"optuna_{k}_params"] for k in OPTUNA_PARAMS if f"optuna_{k}_params" in ms}
     result = {
-        "trials": trials,
-        "samples": samples,
-        "durability": durability,
+        **head,
         "floors_ms": {"append_fsync": append, **primitive},
         "operations": rows,
         "optuna_ms": optuna_ms,
         "seed_cycle_vs_optuna": {k: ms["seed_cycle"] / v for k, v in optuna_ms.items()},
         "claim_cycle_vs_optuna": {k: ms["claim_cycle"] / v for k, v in optuna_ms.items()},
     }
-    result["targets"] = ops_targets(result)
+    if "paired_seed_cycle" in ms:
+        result["paired_base"] = {"trials": PAIRED_BASE} | {
+            f"{c}_x": ms[c] / ms[f"paired_{c}"] for c in ("seed_cycle", "claim_cycle")
+        }
     return result
 
 
@@ -317,6 +344,11 @@ def ops_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             ops["sample"]["ms"],
         )
     )
+    paired = result.get("paired_base")
+    if paired is not None:
+        limit = OPS_TARGETS["seed_cycle_growth"]
+        name = f"seed cycle @{result['trials']} <= {limit}x @{paired['trials']} (same rounds)"
+        out.append(_met(name, paired["seed_cycle_x"], limit))
     for k in (1, 3):
         limit = OPS_TARGETS[f"seed_cycle_vs_optuna_{k}"]
         value = result["seed_cycle_vs_optuna"].get(k)
@@ -354,6 +386,12 @@ def render_breakdown(result: dict[str, Any]) -> str:
             f"Optuna ask + {k} suggestion(s) + tell: {value:.3f} ms; seed cycle"
             f" x{result['seed_cycle_vs_optuna'][k]:.2f}, claim cycle"
             f" x{result['claim_cycle_vs_optuna'][k]:.2f}"
+        )
+    paired = result.get("paired_base")
+    if paired is not None:
+        lines.append(
+            f"Beside a run of {paired['trials']} trials timed in the same rounds: seed cycle"
+            f" x{paired['seed_cycle_x']:.2f}, claim cycle x{paired['claim_cycle_x']:.2f}"
         )
     lines.append("Targets (issue 16)")
     for t in result["targets"]:
