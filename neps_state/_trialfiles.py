@@ -7,6 +7,7 @@ string), ``report.yaml`` (only once reported) and ``previous_trial_id.txt``
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,8 +40,13 @@ _FILES_OF_HINT: dict[str, tuple[str, ...]] = {
 ALL_FILES = (CONFIG_FILE, METADATA_FILE, PREVIOUS_FILE, REPORT_FILE)
 
 
+@functools.lru_cache(maxsize=4096)
 def trial_dir(configs: Path, trial_id: str) -> Path:
-    """The folder of ``trial_id``; the id is validated so the path stays inside ``configs``."""
+    """The folder of ``trial_id``; the id is validated so the path stays inside ``configs``.
+
+    Remembered: an operation asks for the same folder several times, and a cycle's
+    operations for the same trial (an invalid id raises, and is never remembered).
+    """
     return configs / f"{PREFIX}{validate_trial_id(trial_id)}"
 
 
