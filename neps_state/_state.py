@@ -306,6 +306,7 @@ class NePSState:
         self._write_optimizer_state(pickle.dumps(opt_state, pickle.HIGHEST_PROTOCOL), fsync=True)
         fault_point("create.state_written")
         mkdir(configs, exist_ok=True)
+        self._trial_repo.scratch_dir()
         # The info file is written last: its presence means "created".
         write_atomic(self._optimizer_info_path, info_bytes, fsync=True)
         fault_point("create.info_written")

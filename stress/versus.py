@@ -1,6 +1,7 @@
 """Before/after: the benchmark of two versions of this project, side by side in one run.
 
     python stress/versus.py --ref c00522a [--trials 1000] [--workers 4] [--pairs 4]
+    python stress/versus.py --ref c00522a --ops [--pairs 4]   # each operation
 
 Extracts the tree of ``--ref`` (``git archive``) and runs ``neps-state bench`` of
 each version in turn, in ABBA order, each in its own processes with
@@ -41,6 +42,63 @@ def bench(tree: Path, args: argparse.Namespace, out: Path, work: Path) -> dict[s
     return result
 
 
+# Runs the ``bench --ops`` of a version with its run folders kept, not deleted at the
+# end of the run: on ext4 without a journal, the files a run deletes slow every file
+# creation of the next minutes (the next run, of the other version), which would
+# make the first run of each pair the slower one whatever the version.
+_KEEP_RUNS = """
+import contextlib, sys, tempfile
+from pathlib import Path
+import pytest_neps.bench._common as common
+import pytest_neps.bench._breakdown as breakdown
+from pytest_neps.cli import main
+
+@contextlib.contextmanager
+def kept(directory=None):
+    yield Path(tempfile.mkdtemp(dir=directory))
+
+common._workdir = breakdown._workdir = kept
+sys.exit(main(sys.argv[1:]))
+"""
+
+OPS: tuple[str, ...] = ("sample", "claim_next_pending", "report", "sample_claim")
+OPS += ("put_evaluating", "get_trial_by_id", "read_trials", "seed_cycle", "claim_cycle")
+
+
+def ops(tree: Path, args: argparse.Namespace, out: Path, work: Path) -> dict[str, float]:
+    """One ``neps-state bench --ops`` of the version in ``tree``: ms per operation."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [
+        sys.executable, "-c", _KEEP_RUNS, "bench", "--ops", "--no-optuna", "--trials",
+        str(args.trials), "--samples", str(args.samples), "--durability", args.durability,
+        "--dir", str(work), "--json", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, env=env, check=True, capture_output=True, cwd=tree)
+    rows = json.loads(out.read_text())["operations"]
+    return {r["operation"]: float(r["ms"]) for r in rows if r["operation"] in OPS}
+
+
+def run_ops(versions: dict[str, Path], args: argparse.Namespace, tmp: Path) -> None:
+    """ABBA pairs of ``bench --ops``; each operation's median ratio new/old."""
+    work = args.dir or tmp / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    ratios: dict[str, list[float]] = {op: [] for op in OPS}
+    try:
+        for i in range(args.pairs):
+            order = ("new", "old") if i % 2 == 0 else ("old", "new")
+            ms = {name: ops(versions[name], args, tmp / f"{name}.json", work) for name in order}
+            for op in OPS:
+                ratios[op].append(ms["new"][op] / ms["old"][op])
+            steps = ", ".join(f"{op} x{ratios[op][-1]:.2f}" for op in ("seed_cycle", "claim_cycle"))
+            print(f"pair {i + 1} ({order[0]} first): {steps}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{HERE.name} vs {args.ref}, {args.durability}, {args.trials} trials, runs kept:")
+    for op in OPS:
+        each = " ".join(f"{r:.2f}" for r in ratios[op])
+        print(f"  {op:<20} x{statistics.median(ratios[op]):.2f} new/old (pairs: {each})")
+
+
 def figures(result: dict[str, Any]) -> tuple[float, float]:
     """(amortized cycle cost in ms, throughput in cycles/s)."""
     [cost] = result["cycle_cost"]
@@ -65,6 +123,12 @@ def main() -> int:
         default=0.0,
         help="pause before each benchmark and its throughput part, seconds (see bench --settle)",
     )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead: each operation of bench --ops (one process, no Optuna), the runs"
+        " of every pair kept until the end (deleted files slow the next run on some disks)",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neps-versus-"))
     try:
@@ -76,8 +140,11 @@ def main() -> int:
             capture_output=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)  # noqa: S607
-        work = args.dir or tmp / "work"
         versions = {"new": HERE, "old": old}
+        if args.ops:
+            run_ops(versions, args, tmp)
+            return 0
+        work = args.dir or tmp / "work"
         pairs: list[dict[str, tuple[float, float]]] = []
         for i in range(args.pairs):
             order = ("new", "old") if i % 2 == 0 else ("old", "new")

@@ -153,11 +153,13 @@ def live_spares_survive(root: Path, sweeper: Sweeper) -> tuple[bool, bool]:
         assert len(live) == 4, live
         sweeper(root)
         sweeper(root / "configs")
+        sweeper(root / "configs" / ".scratch")
         survived = leftovers(root) == live
         outcome = kill_and_reap(group, "owner")
         assert outcome.signal == 9, outcome.describe()
         sweeper(root)
         sweeper(root / "configs")
+        sweeper(root / "configs" / ".scratch")
         return survived, leftovers(root) == []
     finally:
         group.close()
