@@ -575,14 +575,8 @@ class NePSState:
         """One trial; ``TrialNotFoundError`` if there is none with this id."""
         self._ensure_checked()
         validate_trial_id(trial_id)
-        repo = self._trial_repo
-        if repo.peek():
-            # Every committed record, read without the lock (see TrialRepo.peek).
-            trial = repo.view.get(trial_id)
-        else:
-            with self._trials():
-                repo.sync()
-                trial = repo.view.get(trial_id)
+        self._sync_view()
+        trial = self._trial_repo.view.get(trial_id)
         if trial is None:
             raise TrialNotFoundError(trial_id, self._trial_repo.directory / f"config_{trial_id}")
         return trial.clone()
