@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,24 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture
-def client() -> Iterator[Any]:
+@contextlib.contextmanager
+def local_client(
+    workers: int, *, processes: bool = True, allowed_failures: int = 0
+) -> Iterator[Any]:
+    """A client of a LocalCluster of its own with one thread per worker."""
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}),
         distributed.LocalCluster(
-            n_workers=4, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
+        yield client
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    with local_client(4) as client:
         yield client
 
 
@@ -62,11 +72,7 @@ def test_a_scheduler_that_retries_killed_tasks_is_refused(tmp_path: Path) -> Non
     from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
 
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 3}),
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
+        local_client(1, processes=False, allowed_failures=3) as client,
         pytest.raises(ValueError, match="ALLOWED_FAILURES=0"),
     ):
         DaskLauncher(client)
@@ -92,13 +98,7 @@ def test_the_scheduler_option(pytester: pytest.Pytester) -> None:
             neps_swarm(workers=2, trials=20).assert_consistent()
         """
     )
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_client(2) as client:
         address = client.scheduler.address
         args = ("-p", "no:cacheprovider", f"--neps-scheduler={address}")
         result = pytester.runpytest_subprocess(*args)
