@@ -28,18 +28,23 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 
 
-def bench(tree: Path, args: argparse.Namespace, out: Path, work: Path) -> dict[str, Any]:
-    """One ``neps-state bench`` of the version in ``tree``; its JSON result."""
+def _bench_json(tree: Path, runner: list[str], argv: list[str], out: Path) -> dict[str, Any]:
+    """``neps-state bench ARGV --json OUT`` of the version in ``tree``; its JSON result."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [
-        sys.executable, "-m", "pytest_neps.cli", "bench", "--no-optuna", "--no-paired",
-        "--trials", str(args.trials), "--workers", str(args.workers), "--samples",
-        str(args.samples), "--cycles", str(args.cycles), "--durability", args.durability,
-        "--dir", str(work), "--json", str(out), "--settle", str(args.settle),
-    ]  # fmt: skip
+    command = [sys.executable, *runner, "bench", *argv, "--json", str(out)]
     subprocess.run(command, env=env, check=True, capture_output=True, cwd=tree)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
+
+
+def bench(tree: Path, args: argparse.Namespace, out: Path, work: Path) -> dict[str, Any]:
+    """One ``neps-state bench`` of the version in ``tree``; its JSON result."""
+    argv = [
+        "--no-optuna", "--no-paired", "--trials", str(args.trials), "--workers",
+        str(args.workers), "--samples", str(args.samples), "--cycles", str(args.cycles),
+        "--durability", args.durability, "--dir", str(work), "--settle", str(args.settle),
+    ]  # fmt: skip
+    return _bench_json(tree, ["-m", "pytest_neps.cli"], argv, out)
 
 
 # Runs the ``bench --ops`` of a version with its run folders kept, not deleted at the
@@ -67,14 +72,11 @@ OPS += ("put_evaluating", "get_trial_by_id", "read_trials", "seed_cycle", "claim
 
 def ops(tree: Path, args: argparse.Namespace, out: Path, work: Path) -> dict[str, float]:
     """One ``neps-state bench --ops`` of the version in ``tree``: ms per operation."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [
-        sys.executable, "-c", _KEEP_RUNS, "bench", "--ops", "--no-optuna", "--trials",
-        str(args.trials), "--samples", str(args.samples), "--durability", args.durability,
-        "--dir", str(work), "--json", str(out),
+    argv = [
+        "--ops", "--no-optuna", "--trials", str(args.trials), "--samples", str(args.samples),
+        "--durability", args.durability, "--dir", str(work),
     ]  # fmt: skip
-    subprocess.run(command, env=env, check=True, capture_output=True, cwd=tree)
-    rows = json.loads(out.read_text())["operations"]
+    rows = _bench_json(tree, ["-c", _KEEP_RUNS], argv, out)["operations"]
     return {r["operation"]: float(r["ms"]) for r in rows if r["operation"] in OPS}
 
 

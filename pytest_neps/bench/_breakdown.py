@@ -50,8 +50,10 @@ from pytest_neps.bench._common import (
     _quiet_optuna,
     _workdir,
     optuna_version,
+    target,
 )
 from pytest_neps.bench._cost import _memory_journal, _Ours, _succeed
+from pytest_neps.bench._report import target_line
 
 FLOOR_BYTES = b"x" * 199 + b"\n"
 OPTUNA_PARAMS = (1, 3, 10)
@@ -336,32 +338,23 @@ def ops_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ops = {r["operation"]: r for r in result["operations"]}
     limit = OPS_TARGETS["x_floor"]
     out = [
-        _met(f"{name} <= {limit}x its floor", row["x_floor"], limit)
+        target(f"{name} <= {limit}x its floor", row["x_floor"], limit, "x", higher=False)
         for name, row in ops.items()
         if "x_floor" in row and not name.endswith("_cycle")
     ]
-    out.append(
-        _met(
-            "claim_next_pending <= sample (ms)",
-            ops["claim_next_pending"]["ms"],
-            ops["sample"]["ms"],
-        )
-    )
+    claim, sample = ops["claim_next_pending"]["ms"], ops["sample"]["ms"]
+    out.append(target("claim_next_pending <= sample (ms)", claim, sample, "ms", higher=False))
     paired = result.get("paired_base")
     if paired is not None:
         limit = OPS_TARGETS["seed_cycle_growth"]
         name = f"seed cycle @{result['trials']} <= {limit}x @{paired['trials']} (same rounds)"
-        out.append(_met(name, paired["seed_cycle_x"], limit))
+        out.append(target(name, paired["seed_cycle_x"], limit, "x", higher=False))
     for k in (1, 3):
         limit = OPS_TARGETS[f"seed_cycle_vs_optuna_{k}"]
         value = result["seed_cycle_vs_optuna"].get(k)
-        out.append(_met(f"seed cycle <= {limit}x Optuna at {k} parameter(s)", value, limit))
+        name = f"seed cycle <= {limit}x Optuna at {k} parameter(s)"
+        out.append(target(name, value, limit, "x", higher=False))
     return out
-
-
-def _met(name: str, value: float | None, limit: float) -> dict[str, Any]:
-    met = None if value is None else value <= limit
-    return {"name": name, "value": value, "limit": limit, "met": met}
 
 
 def render_breakdown(result: dict[str, Any]) -> str:
@@ -397,8 +390,5 @@ def render_breakdown(result: dict[str, Any]) -> str:
             f" x{paired['seed_cycle_x']:.2f}, claim cycle x{paired['claim_cycle_x']:.2f}"
         )
     lines.append("Targets (issue 16)")
-    for t in result["targets"]:
-        state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}"
-        lines.append(f"  [{state:>12}] {t['name']}: {value}")
+    lines += [f"  {target_line(t)}" for t in result["targets"]]
     return "\n".join(lines)

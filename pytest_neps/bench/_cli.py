@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_neps.bench._breakdown import breakdown, render_breakdown
 from pytest_neps.bench._common import DEFAULTS, QUICK
-from pytest_neps.bench._report import plot, render_report
+from pytest_neps.bench._report import machine_line, plot, render_report
 from pytest_neps.bench._run import machine_info, run_bench
 
 
@@ -187,7 +187,7 @@ def _ops(args: argparse.Namespace, pick: Any) -> int:
         text = "\n\n".join([*map(render_breakdown, runs), *growth["lines"]])
         args.markdown.write_text(
             "<!-- written by neps-state bench --ops --markdown; do not edit -->\n\n"
-            f"`{_command_line(args)}`\n\n{_machine_line(machine_info(args.dir))}\n\n"
+            f"`{_command_line(args)}`\n\n{machine_line(machine_info(args.dir))}\n\n"
             f"```\n{text}\n```\n",
             encoding="utf-8",
         )
@@ -196,13 +196,6 @@ def _ops(args: argparse.Namespace, pick: Any) -> int:
         out = runs[0] if len(runs) == 1 else {"runs": runs, "growth": growth["ratios"]}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
-
-
-def _machine_line(m: dict[str, Any]) -> str:
-    return (
-        f"Python {m['python']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} total),"
-        f" {m['filesystem'] or '?'} at {m['directory']}"
-    )
 
 
 def _cycle_growth(runs: list[dict[str, Any]]) -> dict[str, Any]:

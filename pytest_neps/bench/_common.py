@@ -181,3 +181,11 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return format(value, spec)
+
+
+def target(
+    name: str, value: float | None, limit: float, unit: str, *, higher: bool
+) -> dict[str, Any]:
+    """A target: met, missed, or not measured (``met`` None when ``value`` is None)."""
+    met = None if value is None else (value >= limit if higher else value <= limit)
+    return {"name": name, "value": value, "limit": limit, "unit": unit, "met": met}

@@ -63,12 +63,24 @@ def _paragraphs(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def machine_line(m: Mapping[str, Any]) -> str:
+    """What the figures were measured on, in one line."""
+    return (
+        f"Python {m['python']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} total),"
+        f" {m['filesystem'] or '?'} at {m['directory']}"
+    )
+
+
+def target_line(t: Mapping[str, Any]) -> str:
+    """One target: met, MISSED or not measured, its name and value."""
+    status = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+    value = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
+    return f"[{status:>12}] {t['name']}: {value}"
+
+
 def _render(result: Mapping[str, Any], stream: IO[str], *, md: bool) -> None:
     m, opt = result["machine"], result["optuna"]
-    stream.write(
-        f"neps-state bench: Python {m['python']}, {m['cpus_usable']} usable CPUs"
-        f" ({m['cpu_count']} total), {m['filesystem'] or '?'} at {m['directory']}\n"
-    )
+    stream.write(f"neps-state bench: {machine_line(m)}\n")
     create = m.get("file_create_us")
     if create:
         stream.write(
@@ -88,10 +100,7 @@ def _render(result: Mapping[str, Any], stream: IO[str], *, md: bool) -> None:
         _render_throughput(result, stream, md)
     stream.write("\nTargets\n")
     for t in result["targets"]:
-        status = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
-        bullet = "- " if md else "  "
-        stream.write(f"{bullet}[{status:>12}] {t['name']}: {value}\n")
+        stream.write(f"{'- ' if md else '  '}{target_line(t)}\n")
     stream.write(f"\nelapsed: {result.get('elapsed_s', 0.0):.0f} s\n")
 
 

@@ -18,6 +18,7 @@ from pytest_neps.bench._common import (
     _durabilities,
     file_create_us,
     optuna_version,
+    target,
 )
 from pytest_neps.bench._cost import cycle_cost
 from pytest_neps.bench._throughput import throughput
@@ -203,13 +204,6 @@ def _size(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def _target(
-    name: str, value: float | None, limit: float, unit: str, *, higher: bool
-) -> dict[str, Any]:
-    met = None if value is None else (value >= limit if higher else value <= limit)
-    return {"name": name, "value": value, "limit": limit, "unit": unit, "met": met}
-
-
 def _targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The targets of our issues, each met, missed, or not measured (``met`` None)."""
     cost, tput = result["cycle_cost"], result["throughput"]
@@ -221,16 +215,16 @@ def _targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             r = _row(cost, trials=n, durability=d)
             value = None if r is None else _cost_ratio(r)
             name = f"ms/cycle @{n} within {limit}x of @{base} ({d})"
-            out.append(_target(name, value, limit, "x", higher=False))
+            out.append(target(name, value, limit, "x", higher=False))
         if d == "fsync":
             n, limit = TARGETS["ms_10k_fsync"]
             r = _row(cost, trials=n, durability=d)
             value = None if r is None else r["ours_ms"]
             name = f"ms/cycle @{n} <= {limit} ms (fsync)"
-            out.append(_target(name, value, limit, "ms", higher=False))
+            out.append(target(name, value, limit, "ms", higher=False))
         w, limit = TARGETS["throughput_4_vs_optuna"]
         r = _row(tput, workers=w, durability=d)
         value = None if r is None else r["ours_over_optuna"]
         name = f"{w} workers >= {limit}x Optuna journal cycles/s ({d})"
-        out.append(_target(name, value, limit, "x", higher=True))
+        out.append(target(name, value, limit, "x", higher=True))
     return out
