@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from fractions import Fraction
 
 from neps_state._trial import State, Trial
@@ -71,6 +71,23 @@ class TrialIndex(Mapping[str, Trial]):
 
     def __len__(self) -> int:
         return len(self._trials)
+
+    # The dict's own views and lookups, not Mapping's generic ones through __getitem__
+    # (reading every trial went through them once per trial).
+    def __contains__(self, trial_id: object) -> bool:
+        return trial_id in self._trials
+
+    def get(self, trial_id: str, default: Trial | None = None) -> Trial | None:  # type: ignore[override]
+        return self._trials.get(trial_id, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._trials.keys()
+
+    def items(self) -> ItemsView[str, Trial]:
+        return self._trials.items()
+
+    def values(self) -> ValuesView[Trial]:
+        return self._trials.values()
 
     def clear(self) -> None:
         """Forget everything."""

@@ -62,7 +62,7 @@ from neps_state._io import (
 )
 from neps_state._journal import HEADER_SIZE, MAGIC, Journal, ReadResult
 from neps_state._optimizer import OptimizationState, adopt_state
-from neps_state._proc import pid, unique
+from neps_state._proc import gc_paused, pid, unique
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
 from neps_state._spare import SpareFolder, hold_file, sweep
@@ -216,7 +216,8 @@ class TrialRepo:
     def latest(self) -> dict[str, Trial]:
         """Every trial, as copies the caller may keep and mutate."""
         self.sync()
-        return {tid: t.clone() for tid, t in self._index.items()}
+        with gc_paused():
+            return {tid: t.clone() for tid, t in self._index.items()}
 
     def list_trial_ids(self) -> list[str]:
         """The ids of the trial folders on disk."""
@@ -327,8 +328,9 @@ class TrialRepo:
             self._index.clear()
             self._optimizer_state = self._errors_base = None
             self._errors_journaled = []
-        for payload in result.payloads:
-            self._apply(decode(payload, self.cache_path))
+        with gc_paused():
+            for payload in result.payloads:
+                self._apply(decode(payload, self.cache_path))
 
     def _apply(self, record: Record) -> None:
         for trial in record.trials:

@@ -1,11 +1,20 @@
-"""The remembered pid and the unique names stay right across fork."""
+"""The remembered pid and the unique names stay right across fork; the collector's pause."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from neps_state._proc import pid, unique
+import pytest
+from neps_test_helpers import make_state
+
+from neps_state import NePSState, Settings
+from neps_state._proc import gc_paused, pid, unique
+from pytest_neps._optimizers import random_search
 
 
 def test_pid_and_names_are_renewed_in_a_forked_child() -> None:
@@ -30,3 +39,53 @@ def test_pid_and_names_are_renewed_in_a_forked_child() -> None:
     assert report["pid"] == report["real"] == child
     assert not mine & set(report["names"])
     assert pid() == os.getpid()
+
+
+def _collections_during(fn: Callable[[], Any]) -> tuple[Any, list[int]]:
+    """What ``fn`` returned, and the generation of each collection while it ran."""
+    started: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.callbacks.append(note)
+    try:
+        return fn(), started
+    finally:
+        gc.callbacks.remove(note)
+
+
+def test_loading_and_reading_many_trials_pause_the_collector(tmp_path: Path) -> None:
+    make_state(tmp_path / "run").lock_and_sample_trial(random_search, worker_id="w", n=3000)
+    assert gc.isenabled()
+    settings = Settings(durability="os")
+    ids, loading = _collections_during(
+        lambda: NePSState.load(tmp_path / "run", settings=settings).all_trial_ids()
+    )
+    state = NePSState.load(tmp_path / "run", settings=settings)
+    trials, reading = _collections_during(state.lock_and_read_trials)
+    assert len(ids) == len(trials) == 3000
+    # Unpaused, each builds some 15,000 objects: a collection every 700 of them. Paused,
+    # one at most (at the first allocation after the pause, over what was built).
+    assert len(loading) <= 1, loading
+    assert len(reading) <= 1, reading
+    assert gc.isenabled()
+
+
+def test_the_pause_ends_with_its_block_and_leaves_a_disabled_collector_alone() -> None:
+    def fail_while_paused() -> None:
+        with gc_paused():
+            assert not gc.isenabled()
+            raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        fail_while_paused()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
