@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -99,6 +100,28 @@ def test_the_waiting_thread_ends_with_its_lock(tmp_path: Path) -> None:
     gc.collect()
     waiter.join(10)
     assert not waiter.is_alive()
+
+
+def test_a_lock_freed_while_it_is_tried_again_is_taken_without_the_waiting_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock_path = tmp_path / "x.lock"
+    holder = FileLocker(lock_path, Settings())
+    locker = FileLocker(lock_path, Settings(lock_timeout=2))
+    held = contextlib.ExitStack()
+    held.enter_context(holder.lock())
+    yields = []
+
+    def release_on_first_yield() -> None:
+        # The holder lets go while the locker tries again: it must take the lock itself.
+        held.close()
+        yields.append(1)
+
+    monkeypatch.setattr(os, "sched_yield", release_on_first_yield)
+    before = set(waiter_threads())
+    with held, locker.lock():
+        assert yields
+    assert set(waiter_threads()) - before == set()
 
 
 def test_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
