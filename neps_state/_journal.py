@@ -125,6 +125,14 @@ class Journal:
         self.records += len(payloads)
         return ReadResult(payloads, reset, data[used:])
 
+    def unread(self, result: ReadResult) -> None:
+        """Forget what ``result`` read (a record in it is bad): the next refresh reads it again."""
+        if result.reset:
+            self.close()  # the next refresh reopens the file and starts over
+            return
+        self.offset -= sum(_FRAME.size + len(p) for p in result.payloads)
+        self.records -= len(result.payloads)
+
     def _reopen(self) -> None:
         self.close()
         fd = open_regular(self.path, os.O_RDWR | os.O_APPEND)

@@ -324,13 +324,21 @@ class TrialRepo:
         return True
 
     def _absorb(self, result: ReadResult) -> None:
-        if result.reset:
-            self._index.clear()
-            self._optimizer_state = self._errors_base = None
-            self._errors_journaled = []
+        # Every record is decoded before any is applied: a bad one changes nothing
+        # and stays unread, so every later read raises too (and nothing is
+        # committed behind it), as a new handle's would.
         with gc_paused():
-            for payload in result.payloads:
-                self._apply(decode(payload, self.cache_path))
+            try:
+                records = [decode(payload, self.cache_path) for payload in result.payloads]
+            except CorruptedFileError:
+                self._journal.unread(result)
+                raise
+            if result.reset:
+                self._index.clear()
+                self._optimizer_state = self._errors_base = None
+                self._errors_journaled = []
+            for record in records:
+                self._apply(record)
 
     def _apply(self, record: Record) -> None:
         for trial in record.trials:

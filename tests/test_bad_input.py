@@ -34,7 +34,7 @@ from neps_state import (
     TrialRepo,
     UnsafeFileError,
 )
-from neps_state._journal import MAGIC
+from neps_state._journal import MAGIC, frame
 from pytest_neps._checker import check_run_dir
 from pytest_neps._optimizers import random_search
 
@@ -653,3 +653,34 @@ def test_foreign_cache_is_rebuilt_and_kept(
     # Rebuilt once: a new handle reads the new cache and keeps no second copy.
     assert NePSState(run.path, SETTINGS).lock_and_read_trials() == run.trials
     assert list(cache.parent.glob(".trial_cache.journal.old-*")) == kept
+
+
+@pytest.mark.parametrize("where", ["appended", "new-generation"])
+def test_a_record_that_does_not_decode_stops_every_open_handle(run: Run, where: str) -> None:
+    """An open handle reports a bad record at every call, not once, and commits nothing.
+
+    A checksummed record that does not decode (a bug or a hand edit elsewhere) once
+    raised at the first read, was then skipped, and the next commit went behind it.
+    """
+    cache = run.path / CACHE
+    bad = frame(b"\x80not a record")
+    if where == "appended":
+        with cache.open("ab") as f:
+            f.write(bad)
+    else:  # a new generation (a new inode), as a consolidation writes, ending in it
+        tmp = cache.with_name("new")
+        tmp.write_bytes(cache.read_bytes() + bad)
+        tmp.replace(cache)
+    before = snapshot(run.path)
+    calls: list[Callable[[], object]] = [
+        run.state.lock_and_read_trials,
+        run.state.lock_and_read_trials,
+        lambda: run.state.lock_and_sample_trial(random_search, worker_id="w"),
+        lambda: run.state.lock_and_claim_next_pending_trial("w"),
+        lambda: run.state.lock_and_get_trial_by_id("0"),
+    ]
+    for call in calls:
+        with pytest.raises(CorruptedFileError, match=names(cache, "does not unpickle")) as info:
+            call()
+        assert_typed(info.value, CorruptedFileError)
+    assert snapshot(run.path) == before
