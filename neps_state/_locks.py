@@ -11,7 +11,7 @@ deleted: a deleted lock file lets two processes lock two different inodes.
 A busy lock is first tried again for up to ``SPIN_SECONDS``, the CPU yielded
 between tries: most critical sections are shorter than that, and a lock taken
 through the helper thread below costs two thread wake-ups before the caller
-runs, while the lock is held for nobody (4 workers on 2 cores, tmpfs: 1.4x the
+runs, while the lock is held for nobody (4 workers on 2 cores, tmpfs: 1.3-1.4x the
 cycles/s of going to the thread at once). A longer wait is in the kernel (a
 blocking ``flock`` in a helper thread, so that the caller can still time out),
 not by polling: the kernel hands the lock over the moment it is released, where
