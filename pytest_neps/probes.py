@@ -194,6 +194,32 @@ def check_torn_cache(impl: Impl, tail: bytes) -> None:
             raise finding("D4", f"after {len(tail)} torn bytes, trials {lost} are lost")
 
 
+def check_lost_cache(impl: Impl) -> None:
+    """D1: with the trial cache deleted, a read still returns every trial (from the folders).
+
+    The model machine finds this too, but only when its random steps lose the cache
+    before a read, and it stops at the first defect it meets: this probe always looks.
+    """
+    with _run_dir() as root:
+        state = impl.create(root)
+        ids = _cycles(impl, state, 3)
+        caches = [p for p in (root / "configs").glob(CACHE_PREFIX + "*") if p.is_file()]
+        if not caches:
+            raise NotApplicable(f"no trial cache configs/{CACHE_PREFIX}* (NePS's layout)")
+        for cache in caches:
+            cache.unlink()
+        # The open handle first: its read is the one that finds the cache gone.
+        _reads_all(state, ids, "the open handle")
+        _reads_all(impl.load(root), ids, "a new handle")
+
+
+def _reads_all(state: Any, ids: list[str], who: str) -> None:
+    seen = state.lock_and_read_trials()
+    lost = [t for t in ids if t not in seen or state_of(seen[t]) != "success"]
+    if lost:
+        raise finding("D1", f"after the trial cache was deleted, {who} read no trials {lost}")
+
+
 def _sample_killed(impl: Impl, root: Path, nth: int, marker: Path) -> int:
     """In a pool process: sample one trial, SIGKILLed before the ``nth`` file change."""
     state = impl.load(root)

@@ -6,7 +6,7 @@ In a test module of your project::
 
 runs the model machine, the linearizability races, the creation races, the
 consolidation property and the probes for the seed's defects (``probes``: unsafe
-ids, damaged files, a torn cache tail, a crash at every file change of a sample,
+ids, damaged files, a lost cache, a torn cache tail, a crash at every file change of a sample,
 cost growth) against ``neps_impl`` (``--neps-impl module:attr`` or a fixture
 override); the races use the plugin's ``neps_pool`` of worker processes. A
 failure that is a known seed defect names it (``D1``-``D9``, ``pytest_neps.defects``).
@@ -41,6 +41,7 @@ from pytest_neps.probes import (
     check_cost_growth,
     check_crash_inside_sample,
     check_damaged_file,
+    check_lost_cache,
     check_torn_cache,
     check_unsafe_id,
 )
@@ -126,6 +127,11 @@ def test_a_torn_cache_tail_hides_no_trial(neps_impl: str, tail: bytes) -> None:
     _applicable(check_torn_cache, as_impl(neps_impl), tail)
 
 
+def test_a_lost_cache_hides_no_trial(neps_impl: str) -> None:
+    """With the trial cache deleted, a read still returns every trial."""
+    _applicable(check_lost_cache, as_impl(neps_impl))
+
+
 def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:
     """A sample killed before each of its file changes leaves no trial without its folder."""
     impl = as_impl(neps_impl)
@@ -167,6 +173,7 @@ __all__ = [
     "test_a_crash_at_every_file_change_of_a_sample",
     "test_a_cycle_costs_the_same_at_3000_trials",
     "test_a_damaged_file_is_a_typed_error_naming_it",
+    "test_a_lost_cache_hides_no_trial",
     "test_a_swarm_never_shows_a_half_written_file",
     "test_a_torn_cache_tail_hides_no_trial",
     "test_consolidation",

@@ -64,6 +64,10 @@ def test_a_torn_tail_that_breaks_readers_is_d4() -> None:
     assert found == ["D4"] * len(probes.TORN_TAILS)
 
 
+def test_an_empty_read_after_cache_loss_is_d1_in_the_probe_too() -> None:
+    assert findings(probes.check_lost_cache, (control("D1"),)) == ["D1"]
+
+
 def test_a_cache_record_before_its_folder_is_d9(neps_pool: Pool) -> None:
     impl = control("D9")
     cases = [(impl, n, neps_pool) for n in range(1, 30)]
@@ -76,10 +80,11 @@ def test_rereading_everything_is_d8() -> None:
     assert named(str(e.value)) == ["D8"]
 
 
-@pytest.mark.parametrize("defect", ["D4", "D5", "D6", "D9"])
+@pytest.mark.parametrize("defect", ["D1", "D4", "D5", "D6", "D9"])
 def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
     impl = as_impl("neps_state:NePSState")
     cases = {
+        "D1": (probes.check_lost_cache, [(impl,)]),
         "D4": (probes.check_torn_cache, [(impl, t) for t in probes.TORN_TAILS]),
         "D5": (probes.check_unsafe_id, [(impl, t) for t in probes.UNSAFE_IDS]),
         "D6": (
