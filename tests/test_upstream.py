@@ -47,7 +47,10 @@ def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
 def test_a_run_real_neps_workers_write_is_clean(tmp_path: Path) -> None:
     run = tmp_path / "neps-run"
     script = DATA / "make_neps_run.py"
-    subprocess.run([sys.executable, str(script), str(run)], check=True, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, str(script), str(run)], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"NePS's workers failed (exit {done.returncode}):\n{done.stderr}"
     assert len(list((run / "configs").glob("config_*"))) >= 14
     assert check_run_dir(run) == []
 
