@@ -53,6 +53,11 @@ MAX_HANDLES = 4
 MODEL = NePSModel()
 
 
+def cache_files(root: Path) -> list[Path]:
+    """The trial cache files of the run at ``root`` (``configs/.trial_cache*``, NePS's layout)."""
+    return [p for p in (root / "configs").glob(".trial_cache*") if p.is_file()]
+
+
 def ask(trials: Mapping[str, Any], budget_info: Any, n: int | None = None) -> Any:
     """Propose trials named like NePS does (``len(trials)`` onwards) with config ``{"i": id}``."""
     del budget_info
@@ -209,14 +214,10 @@ class NePSStateMachine(RuleBasedStateMachine):
         """Open another handle on the same directory, as another worker would."""
         return self._open(self.impl.load(self.root))
 
-    def _caches(self) -> list[Path]:
-        """The trial cache files (``configs/.trial_cache*``, NePS's layout)."""
-        return [p for p in (self.root / "configs").glob(".trial_cache*") if p.is_file()]
-
     @rule()
     def lose_cache(self) -> None:
         """Delete the trial cache file(s)."""
-        for cache in self._caches():
+        for cache in cache_files(self.root):
             cache.unlink()
         self.damage = "D1"
 
@@ -234,7 +235,7 @@ class NePSStateMachine(RuleBasedStateMachine):
             "pickle": payload[: min(cut, len(payload) - 1)],
             "bad-crc": whole[:-1] + bytes([whole[-1] ^ 0xFF]),
         }
-        for cache in self._caches():
+        for cache in cache_files(self.root):
             with cache.open("ab") as f:
                 f.write(records[kind])
             self.damage = "D4"

@@ -26,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from pytest_neps._impl import Impl, state_of
 from pytest_neps._ops import complete
 from pytest_neps._pool import Pool
 from pytest_neps.defects import finding
-from pytest_neps.machines import ask
+from pytest_neps.machines import ask, cache_files
 
 UNSAFE_IDS = (
     "../../../../escape",
@@ -57,7 +57,6 @@ DAMAGED_FILES = (
     "configs/config_0/report.yaml",
 )
 DAMAGES = ("garbage", "half", "empty")
-CACHE_PREFIX = ".trial_cache"
 GROWTH_LIMIT = 2.5
 """The most a cycle may cost at 3000 trials over one at 20 (upstream NePS: ~4x; the
 reference ~1x, up to ~2x on a machine busy with other work)."""
@@ -170,14 +169,26 @@ def check_damaged_file(impl: Impl, name: str, how: str) -> None:
                 return
 
 
-def check_torn_cache(impl: Impl, tail: bytes) -> None:
-    """D4: bytes of a cut-short record at the cache's end hide no acknowledged trial."""
+@contextmanager
+def _cached_run(impl: Impl) -> Iterator[tuple[Path, Any, list[str], list[Path]]]:
+    """A run of three finished cycles: its root, handle, trial ids and cache files."""
     with _run_dir() as root:
         state = impl.create(root)
         ids = _cycles(impl, state, 3)
-        caches = [p for p in (root / "configs").glob(CACHE_PREFIX + "*") if p.is_file()]
+        caches = cache_files(root)
         if not caches:
-            raise NotApplicable(f"no trial cache configs/{CACHE_PREFIX}* (NePS's layout)")
+            raise NotApplicable("no trial cache configs/.trial_cache* (NePS's layout)")
+        yield root, state, ids, caches
+
+
+def _lost(ids: list[str], seen: Mapping[str, Any]) -> list[str]:
+    """The ids of ``ids`` (all finished) that ``seen`` lacks or shows unfinished."""
+    return [t for t in ids if t not in seen or state_of(seen[t]) != "success"]
+
+
+def check_torn_cache(impl: Impl, tail: bytes) -> None:
+    """D4: bytes of a cut-short record at the cache's end hide no acknowledged trial."""
+    with _cached_run(impl) as (root, _, ids, caches):
         for cache in caches:
             with cache.open("ab") as f:
                 f.write(tail)
@@ -189,8 +200,7 @@ def check_torn_cache(impl: Impl, tail: bytes) -> None:
                 f"after {len(tail)} torn bytes at the end of the cache, a read raised"
                 f" {type(e).__name__}: {e}",
             ) from None
-        lost = [t for t in ids if t not in seen or state_of(seen[t]) != "success"]
-        if lost:
+        if lost := _lost(ids, seen):
             raise finding("D4", f"after {len(tail)} torn bytes, trials {lost} are lost")
 
 
@@ -200,24 +210,17 @@ def check_lost_cache(impl: Impl) -> None:
     The model machine finds this too, but only when its random steps lose the cache
     before a read, and it stops at the first defect it meets: this probe always looks.
     """
-    with _run_dir() as root:
-        state = impl.create(root)
-        ids = _cycles(impl, state, 3)
-        caches = [p for p in (root / "configs").glob(CACHE_PREFIX + "*") if p.is_file()]
-        if not caches:
-            raise NotApplicable(f"no trial cache configs/{CACHE_PREFIX}* (NePS's layout)")
+    with _cached_run(impl) as (root, state, ids, caches):
         for cache in caches:
             cache.unlink()
         # The open handle first: its read is the one that finds the cache gone.
-        _reads_all(state, ids, "the open handle")
-        _reads_all(impl.load(root), ids, "a new handle")
-
-
-def _reads_all(state: Any, ids: list[str], who: str) -> None:
-    seen = state.lock_and_read_trials()
-    lost = [t for t in ids if t not in seen or state_of(seen[t]) != "success"]
-    if lost:
-        raise finding("D1", f"after the trial cache was deleted, {who} read no trials {lost}")
+        reads = {"the open handle": state.lock_and_read_trials()}
+        reads["a new handle"] = impl.load(root).lock_and_read_trials()
+        for who, seen in reads.items():
+            if lost := _lost(ids, seen):
+                raise finding(
+                    "D1", f"after the trial cache was deleted, {who} read no trials {lost}"
+                )
 
 
 def _sample_killed(impl: Impl, root: Path, nth: int, marker: Path) -> int:
