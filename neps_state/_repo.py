@@ -327,6 +327,8 @@ class TrialRepo:
         # Every record is decoded before any is applied: a bad one changes nothing
         # and stays unread, so every later read raises too (and nothing is
         # committed behind it), as a new handle's would.
+        if not result.payloads and not result.reset:
+            return  # nothing new (most lock-free peeks): no pause to set up
         with gc_paused():
             try:
                 records = [decode(payload, self.cache_path) for payload in result.payloads]
