@@ -8,10 +8,13 @@ from neps_state._errors import (
     InvalidReportError,
     InvalidSampleError,
     InvalidTrialIdError,
+    KeptByNePSStateError,
     LockTimeoutError,
     NePSError,
     NotARunDirectoryError,
+    NotReportedYetError,
     OptimizerInfoMismatchError,
+    SearchSpaceMismatchError,
     SerializedError,
     SettingsError,
     TrialAlreadyExistsError,
@@ -19,8 +22,10 @@ from neps_state._errors import (
     UnsafeFileError,
     UnsafePermissionsError,
     UsageError,
+    WorkerIdExistsError,
 )
 from neps_state._io import FAULT_POINTS, set_fault_hook
+from neps_state._neps import SUPPORTED_NEPS, is_patched, neps_patched, patch_neps, unpatch_neps
 from neps_state._optimizer import (
     AskFunction,
     BudgetInfo,
@@ -37,6 +42,7 @@ from neps_state._trialfiles import TrialWriteHint
 
 __all__ = [
     "FAULT_POINTS",
+    "SUPPORTED_NEPS",
     "AskFunction",
     "BudgetInfo",
     "CorruptedFileError",
@@ -46,14 +52,17 @@ __all__ = [
     "InvalidReportError",
     "InvalidSampleError",
     "InvalidTrialIdError",
+    "KeptByNePSStateError",
     "LockTimeoutError",
     "NePSError",
     "NePSState",
     "NotARunDirectoryError",
+    "NotReportedYetError",
     "OptimizationState",
     "OptimizerInfo",
     "OptimizerInfoMismatchError",
     "SampledConfig",
+    "SearchSpaceMismatchError",
     "SeedSnapshot",
     "SerializableTrialError",
     "SerializedError",
@@ -67,6 +76,11 @@ __all__ = [
     "UnsafeFileError",
     "UnsafePermissionsError",
     "UsageError",
+    "WorkerIdExistsError",
+    "is_patched",
+    "neps_patched",
+    "patch_neps",
     "set_fault_hook",
+    "unpatch_neps",
     "validate_trial_id",
 ]

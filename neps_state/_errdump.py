@@ -155,6 +155,32 @@ class ErrorLog:
                 records.append(last)
         return ErrDump(records)
 
+    def without(self, trial_id: str) -> bytes | None:
+        """The dump's bytes without the records of ``trial_id`` (*locked*); None if it has none.
+
+        A torn last line is moved aside first (as :meth:`read` does); every kept line
+        ends in a newline.
+        """
+        self.read()
+        if not os.path.lexists(self.path):
+            return None
+        data = read_file(self.path)
+        kept: list[bytes] = []
+        dropped = 0
+        for number, line in enumerate(data.splitlines(keepends=True), start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise CorruptedFileError(
+                        self.path, f"line {number} is not valid JSON: {e}"
+                    ) from None
+                if record_from(self.path, number, obj).trial_id == trial_id:
+                    dropped += 1
+                    continue
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+        return b"".join(kept) if dropped else None
+
     def end_last_line(self) -> None:
         """End a last record written without its newline (NePS's) before appending (*locked*)."""
         try:

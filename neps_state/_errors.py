@@ -47,6 +47,60 @@ class InvalidReportError(UsageError):
         )
 
 
+class NotReportedYetError(NePSError):
+    """A trial's report was asked for before the trial was reported."""
+
+
+class WorkerIdExistsError(NePSError, ValueError):
+    """A worker asked for an id that another worker of the run already has."""
+
+    def __init__(self, worker_id: str, taken: list[str]) -> None:
+        super().__init__(worker_id, taken)
+        self.worker_id = worker_id
+        self.taken = taken
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.worker_id, self.taken))
+
+    def __str__(self) -> str:
+        return (
+            f"Worker id {self.worker_id!r} already exists in this run (taken: {self.taken});"
+            " give each worker its own id, or none to be given one"
+        )
+
+
+class SearchSpaceMismatchError(NePSError):
+    """The pipeline space given to ``create_or_load`` differs from the one on disk."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(str(path), problem)
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
+
+    def __str__(self) -> str:
+        return (
+            f"The pipeline space saved at {self.path} {self.problem}. To continue this run,"
+            " omit the pipeline space (it is loaded from disk) or pass the same one; to"
+            " start a new run with another space, use another root directory."
+        )
+
+
+class KeptByNePSStateError(NePSError):
+    """NePS's own state (not patched) read a run directory that neps_state keeps."""
+
+    def __str__(self) -> str:
+        return (
+            "This run directory is kept by neps_state (its record of the trials is"
+            " configs/.trial_cache.journal), and NePS's own state would misread it, so"
+            " nothing was read or written. Call neps_state.patch_neps() at the top of the"
+            " script every worker runs (then NePS uses neps_state), or give this run"
+            " another root_directory."
+        )
+
+
 class SerializedError(NePSError):
     """An error from another worker, rebuilt from its stored text."""
 

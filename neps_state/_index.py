@@ -110,7 +110,10 @@ class TrialIndex(Mapping[str, Trial]):
         if state is State.PENDING:
             self._seq += 1
             self._pending_seq[trial.id] = self._seq
-            heapq.heappush(self._pending_heap, (trial.metadata.time_sampled, trial.id, self._seq))
+            sampled = trial.metadata.time_sampled
+            # An imported trial was never sampled (NaN, as NePS writes it): it goes last.
+            key = math.inf if math.isnan(sampled) else sampled
+            heapq.heappush(self._pending_heap, (key, trial.id, self._seq))
             if len(self._pending_heap) > 2 * len(self._by_state[State.PENDING]) + 64:
                 self._compact_heap()
         else:

@@ -51,6 +51,10 @@ FAULT_POINTS: tuple[str, ...] = (
     "report.error_appended",
     "consolidate.written",
     "consolidate.renamed",
+    "state.written",
+    "state.committed",
+    "clean.prepared",
+    "clean.committed",
 )
 """Every named point at which a harness may inject a fault."""
 

@@ -22,6 +22,7 @@ a poller may sleep on while the lock sits free (measured: 4 workers on tmpfs,
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from filelock import lock_descriptor, unlock_descriptor
 
@@ -36,6 +38,8 @@ from neps_state._errors import LockTimeoutError
 from neps_state._io import create, fault_point, own_descriptor
 from neps_state._proc import pid
 from neps_state._settings import LOCK_TIMEOUT_ENV, Settings
+
+logger = logging.getLogger(__name__)
 
 _REOPEN_LOCK = threading.Lock()
 SPIN_SECONDS = 0.002
@@ -117,16 +121,34 @@ def _spin(fd: int, deadline: float | None) -> bool:
     return False
 
 
+class LockListener(Protocol):
+    """Told when a :class:`FileLocker` is taken and given back (outermost holds only)."""
+
+    def locked(self, locker: FileLocker) -> None:
+        """``locker`` was just taken."""
+
+    def unlocking(self, locker: FileLocker) -> None:
+        """``locker`` is about to be given back."""
+
+    def unlocked(self, locker: FileLocker) -> None:
+        """``locker`` was just given back."""
+
+
 class FileLocker:
     """An exclusive lock on ``path``, reentrant within one thread of one process.
 
     Safe to use after ``fork`` and after unpickling: the descriptor is reopened
     in every new process (an inherited descriptor would share the parent's lock).
+    A ``listener`` (the handle owning the lock) hears of every outermost hold,
+    whoever takes it: the handle's own methods or NePS's runtime.
     """
 
-    def __init__(self, path: Path, settings: Settings) -> None:
+    def __init__(
+        self, path: Path, settings: Settings, listener: LockListener | None = None
+    ) -> None:
         self.path = path
         self.settings = settings
+        self.listener = listener
         self._pid = -1
         self._fd = -1
         self._depth = 0
@@ -134,7 +156,13 @@ class FileLocker:
         self._waiter: _Waiter | None = None
 
     def __reduce__(self) -> tuple[type[FileLocker], tuple[Path, Settings]]:
+        # The listener does not travel: the handle it belongs to sets it again.
         return (FileLocker, (self.path, self.settings))
+
+    @property
+    def held(self) -> bool:
+        """Whether the calling thread of this process holds the lock."""
+        return self._pid == pid() and self._depth > 0 and _owns(self._thread_lock)
 
     def _enter_process(self) -> None:
         with _REOPEN_LOCK:
@@ -148,10 +176,15 @@ class FileLocker:
                 self._pid = pid()
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the lock for the duration of the ``with`` block."""
+    def lock(self, *, worker_id: str | None = None) -> Iterator[None]:
+        """Hold the lock for the duration of the ``with`` block.
+
+        ``worker_id`` (NePS's runtime passes it) only names the holder in debug logs.
+        """
         self._acquire()
         try:
+            if worker_id is not None:
+                logger.debug("Worker %s holds %s", worker_id, self.path)
             yield
         finally:
             self._release()
@@ -171,6 +204,14 @@ class FileLocker:
         except BaseException:
             self._thread_lock.release()
             raise
+        if self._depth == 1 and self.listener is not None:
+            try:
+                self.listener.locked(self)
+            except BaseException:
+                self._depth = 0
+                unlock_descriptor(self._fd)
+                self._thread_lock.release()
+                raise
 
     def _wait_for_flock(self, fd: int, deadline: float | None) -> None:
         waiter = self._waiter
@@ -184,9 +225,21 @@ class FileLocker:
             raise LockTimeoutError(self.path, self.settings.lock_timeout or 0.0, LOCK_TIMEOUT_ENV)
 
     def _release(self) -> None:
+        last = self._depth == 1
         try:
-            self._depth -= 1
-            if self._depth == 0:
-                unlock_descriptor(self._fd)
+            if last and self.listener is not None:
+                self.listener.unlocking(self)
         finally:
-            self._thread_lock.release()
+            try:
+                self._depth -= 1
+                if self._depth == 0:
+                    unlock_descriptor(self._fd)
+            finally:
+                self._thread_lock.release()
+        if last and self.listener is not None:
+            self.listener.unlocked(self)
+
+
+def _owns(lock: threading.RLock) -> bool:
+    """Whether the calling thread holds ``lock`` (an ``RLock``)."""
+    return bool(lock._is_owned())  # type: ignore[attr-defined]  # noqa: SLF001 - RLock's own test

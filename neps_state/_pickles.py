@@ -25,6 +25,7 @@ import functools
 import importlib
 import io
 import pickle
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ from typing import Any
 from neps_state._errors import CorruptedFileError, UnsafeFileError
 
 _OURS = {
-    "neps_state._optimizer": ("OptimizationState", "BudgetInfo", "SeedSnapshot"),
+    "neps_state._optimizer": (
+        "OptimizationState",
+        "BudgetInfo",
+        "SeedSnapshot",
+        "kept_by_neps_state",
+    ),
     "neps_state._trial": ("Trial", "MetaData", "Report", "State"),
     "builtins": ("set", "frozenset", "complex", "bytearray", "slice", "range"),
     "collections": ("OrderedDict",),
@@ -127,6 +133,19 @@ def _resolve(module: str, name: str) -> Any:
     return target
 
 
+_loading = threading.local()
+
+
+def loading() -> tuple[Path, frozenset[str]] | None:
+    """The file :func:`loads` is unpickling in this thread (and its allowlist), or None.
+
+    A callable a pickle names can tell by this that this package reads it, not a
+    plain ``pickle.load`` (see ``kept_by_neps_state``).
+    """
+    stack: list[tuple[Path, frozenset[str]]] = getattr(_loading, "stack", [])
+    return stack[-1] if stack else None
+
+
 def loads(data: bytes, path: Path, *, allow: Iterable[str] = ()) -> Any:
     """Unpickle ``data`` (from the file ``path``) through the allowlist.
 
@@ -135,8 +154,11 @@ def loads(data: bytes, path: Path, *, allow: Iterable[str] = ()) -> Any:
     """
     if not data:
         raise CorruptedFileError(path, "is empty")
+    extra = frozenset(allow)
+    stack = _loading.__dict__.setdefault("stack", [])
+    stack.append((path, extra))
     try:
-        return _Unpickler(data, path, frozenset(allow)).load()
+        return _Unpickler(data, path, extra).load()
     except CorruptedFileError:
         raise
     except ModuleNotFoundError as e:
@@ -145,3 +167,5 @@ def loads(data: bytes, path: Path, *, allow: Iterable[str] = ()) -> Any:
         ) from None
     except Exception as e:  # noqa: BLE001 - unpickling raises anything; we report it typed
         raise CorruptedFileError(path, f"does not unpickle: {type(e).__name__}: {e}") from None
+    finally:
+        stack.pop()

@@ -48,6 +48,8 @@ class Record:
     """(size of the error dump before the append, the line appended)."""
     errors_size: int | None = None
     """A snapshot's: the size of the error dump, made durable before the snapshot."""
+    errors_digest: str | None = None
+    """A snapshot that rewrote the error dump (records removed): the new dump's SHA-256."""
 
 
 def encode(record: Record) -> bytes:
@@ -57,6 +59,8 @@ def encode(record: Record) -> bytes:
         body["e"] = [record.error[0], record.error[1].decode("utf-8")]
     if record.errors_size is not None:
         body["z"] = record.errors_size
+    if record.errors_digest is not None:
+        body["d"] = record.errors_digest
     doc = _ENCODER.encode(body).encode("utf-8")
     return b"".join((_JSON, _LEN.pack(len(doc)), doc, record.optimizer_state or b""))
 
@@ -163,8 +167,11 @@ def _decode_json(payload: bytes, path: Path) -> Record:
     errors_size = body.get("z")
     if errors_size is not None and (type(errors_size) is not int or errors_size < 0):
         raise CorruptedFileError(path, "a record's error dump size is not a size")
+    digest = body.get("d")
+    if digest is not None and not isinstance(digest, str):
+        raise CorruptedFileError(path, "a record's error dump digest is not text")
     state = payload[start + size :] or None
-    return Record(trials, state, error, errors_size)
+    return Record(trials, state, error, errors_size, digest)
 
 
 def _trial_from(path: Path, obj: Any) -> Trial:

@@ -23,11 +23,12 @@ journal, uncommitted folders removed); a crash after 5 is rolled forward.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ from neps_state._io import (
     write_atomic,
 )
 from neps_state._journal import HEADER_SIZE, MAGIC, Journal, ReadResult
-from neps_state._optimizer import OptimizationState, adopt_state
+from neps_state._optimizer import adopt_state, state_file_bytes
 from neps_state._proc import gc_paused, pid, unique
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
@@ -96,6 +97,9 @@ SCRATCH = ".scratch"
 """``configs/.scratch/``: where files are made before they are moved into a trial's folder."""
 _STAGING = ".staging-"
 _TRASH = ".trash-"
+_UNSEEN = object()
+_CLEANED_ERRORS = ".shared_errors.cleaned"
+"""``configs/.shared_errors.cleaned``: the error dump without a cleaned trial's records."""
 _DAMAGED = ".damaged-"
 _TAIL_MIN_BYTES = 8 << 20
 _TAIL_RATIO = 2
@@ -188,8 +192,10 @@ class TrialRepo:
         self._spare = SpareFolder(self.scratch, (CONFIG_FILE, METADATA_FILE))
         self._optimizer_state: bytes | None = None
         self._errors_base: int | None = None
+        self._errors_digest: str | None = None
         self._errors_journaled: list[tuple[int, bytes]] = []
         self._holding = self._synced_in_hold = False
+        self._native_seen: tuple[int, int, int] | object | None = _UNSEEN
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the location travels; the new process opens its own descriptors.
@@ -258,6 +264,7 @@ class TrialRepo:
         """Bring the view up to date; first recover from a writer that died."""
         if self._synced_in_hold:
             return
+        self._check_no_native_writer()
         intent = self._intent.read()
         if intent is None:
             self._refresh(recovering=False)
@@ -265,18 +272,43 @@ class TrialRepo:
             self._recover(intent)
         self._synced_in_hold = self._holding
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Enter once the trial lock is taken, leave before it is released.
+    def _native_cache(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.directory / self.LEGACY_CACHE_FILE_NAME)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _check_no_native_writer(self) -> None:
+        """Refuse to go on if NePS's own state wrote its cache since this handle opened.
+
+        NePS's state (in a worker that did not call ``neps_state.patch_neps()``) keeps
+        ``.trial_cache.pkl``, not this journal, and takes other locks (``lockf``):
+        what it writes is not in the journal, and would be silently lost or misread.
+        """
+        now = self._native_cache()
+        if self._native_seen is _UNSEEN:
+            self._native_seen = now
+        elif now != self._native_seen:
+            raise CorruptedFileError(
+                self.directory / self.LEGACY_CACHE_FILE_NAME,
+                "was written by NePS's own state since neps_state took this run over: a"
+                " NePS worker that did not call neps_state.patch_neps() runs on this"
+                " directory. Stop it (every worker must call patch_neps()); what it wrote"
+                " is not in the journal",
+            )
+
+    def begin_hold(self) -> None:
+        """Call once the trial lock is taken (:meth:`end_hold` before it is released).
 
         Nobody else can append meanwhile, so the first :meth:`sync` inside serves
         every later one (an operation checks and then commits: one read, not two).
         """
         self._holding, self._synced_in_hold = True, False
-        try:
-            yield
-        finally:
-            self._holding = self._synced_in_hold = False
+
+    def end_hold(self) -> None:
+        """Call before the trial lock is released."""
+        self._holding = self._synced_in_hold = False
 
     def _refresh(self, *, recovering: bool) -> None:
         try:
@@ -320,6 +352,7 @@ class TrialRepo:
             return False
         rename(legacy, self.cache_path)
         fsync_dir(self.directory)
+        self._native_seen = None
         logger.info("Moved the journal %s to %s", legacy, self.cache_path)
         return True
 
@@ -337,7 +370,7 @@ class TrialRepo:
                 raise
             if result.reset:
                 self._index.clear()
-                self._optimizer_state = self._errors_base = None
+                self._optimizer_state = self._errors_base = self._errors_digest = None
                 self._errors_journaled = []
             for record in records:
                 self._apply(record)
@@ -351,6 +384,7 @@ class TrialRepo:
             self._errors_journaled.append(record.error)
         if record.errors_size is not None:
             self._errors_base = record.errors_size
+            self._errors_digest = record.errors_digest
 
     def _rebuild(self, reason: str, *, keep_old: bool = False) -> None:
         trials = [read_trial(self.directory, tid) for tid in list_trial_ids(self.directory)]
@@ -363,7 +397,12 @@ class TrialRepo:
             logger.warning(
                 "Rebuilding %s from %d trial folders: %s", self.cache_path, len(trials), reason
             )
-        self._rewrite(Record(trials, self._state_from_file(), errors_size=self._errors_now()))
+        state = self._state_from_file()
+        self._rewrite(Record(trials, state, errors_size=self._errors_now()))
+        if state is not None and self.state_file is not None:
+            # Taken over: NePS's own state (unpatched) now refuses this run (see
+            # kept_by_neps_state) instead of writing where this journal never looks.
+            write_atomic(self.state_file, state_file_bytes(state), fsync=True)
 
     def _errors_now(self) -> int | None:
         """The error dump's size, made durable: a new journal's baseline for the dump."""
@@ -377,13 +416,12 @@ class TrialRepo:
         if self.state_file is None:
             return None
         try:
-            data = read_file(self.state_file)
-            obj = load_pickle(self.state_file, data, allow=self.settings.pickle_allow)
+            obj = load_pickle(self.state_file, allow=self.settings.pickle_allow)
         except CorruptedFileError:
             return None
-        if isinstance(obj, OptimizationState):
-            return data
-        adopted = adopt_state(obj)  # NePS's class: the journal keeps this package's
+        # Pickled again: the file wraps the state (see kept_by_neps_state), or holds
+        # NePS's class, and the journal keeps this package's, bare.
+        adopted = adopt_state(obj)
         return None if adopted is None else pickle.dumps(adopted, pickle.HIGHEST_PROTOCOL)
 
     # -- recovery ---------------------------------------------------------------
@@ -408,6 +446,9 @@ class TrialRepo:
                     remove_tree(trial_dir(self.directory, tid))
                 else:
                     self._restore(trial)
+            if intent.op in ("remove", "reset_by_id") and self.errors is not None:
+                with self.errors.lock.lock():
+                    self._finish_clean()
             committed = self._journal.token == intent.token and self._journal.offset > intent.offset
             if committed and intent.error_line is not None and intent.errors_size is not None:
                 if self.errors is None:
@@ -463,6 +504,8 @@ class TrialRepo:
         if self.errors is not None:
             with self.errors.lock.lock():
                 self._recover_errors(repairs, dry_run=dry_run, salvage=salvage)
+                if not dry_run:
+                    self._finish_clean()  # (a cleaned dump no commit vouches for goes)
         if not dry_run:
             self._clean_leftovers()
             self._intent.clear()
@@ -571,6 +614,32 @@ class TrialRepo:
             self._apply(record)
             self._journal.flush()
 
+    def _recover_cleaned_dump(
+        self, repairs: list[Repair], data: bytes, base: int, *, dry_run: bool, salvage: bool
+    ) -> bytes:
+        """The dump, after putting in place the cleaned one a committed cleaning left."""
+        digest = self._errors_digest
+        if digest is None or hashlib.sha256(data[:base]).hexdigest() == digest:
+            return data
+        assert self.errors is not None  # noqa: S101 - the caller checked
+        path = self.errors.path
+        repairs.append(Repair(path, "replaced by the cleaned dump its last cleaning committed"))
+        if dry_run:
+            return data
+        self._finish_clean()
+        try:
+            data = read_file(path)
+        except CorruptedFileError:
+            data = b""
+        if hashlib.sha256(data[:base]).hexdigest() != digest and not salvage:
+            raise CorruptedFileError(
+                path,
+                "is not the dump the last cleaning (a reset or removal of a trial) left, and"
+                f" that dump is gone: error records cannot be rebuilt (`neps-state repair"
+                f" {self.directory.parent}` accepts the loss)",
+            )
+        return data
+
     def _recover_errors(self, repairs: list[Repair], *, dry_run: bool, salvage: bool) -> None:
         """Make the error dump hold every journaled error line, and (fsync) nothing after."""
         assert self.errors is not None  # noqa: S101 - the caller checked
@@ -580,6 +649,7 @@ class TrialRepo:
         except CorruptedFileError:
             data = b""
         base = self._errors_base or 0
+        data = self._recover_cleaned_dump(repairs, data, base, dry_run=dry_run, salvage=salvage)
         if len(data) < base and not salvage:
             raise CorruptedFileError(
                 path,
@@ -729,6 +799,80 @@ class TrialRepo:
         if self.sync_on_commit:
             self.flush()
 
+    def clean_trial(self, trial_id: str, *, remove: bool) -> None:
+        """Reset a trial to pending (or remove it) and drop its error records, in one commit.
+
+        The commit is a new journal generation (as a consolidation writes), since the
+        error lines the old one carried sit at offsets of the old dump. The cleaned
+        dump is written (and fsynced) beside the old one first; the generation
+        records its digest, and once it is in place the cleaned dump replaces the
+        old. A writer that dies in between is rolled forward by the next lock holder
+        (:meth:`_finish_clean`), or back if the generation never landed.
+        """
+        self.sync()
+        path = trial_dir(self.directory, trial_id)
+        old = self._index.get(trial_id)
+        if old is None:
+            raise TrialNotFoundError(trial_id, path)
+        if not is_real_dir(path):
+            raise CorruptedFileError(path, "the trial folder is missing or not a folder")
+        new = None
+        if not remove:
+            new = old.clone()
+            new.reset()
+        errors = self.errors
+        with errors.lock.lock() if errors is not None else contextlib.nullcontext():
+            kept = None if errors is None else errors.without(trial_id)
+            trials = [t for t in self._index.values() if t.id != trial_id or new is not None]
+            if new is not None:
+                trials = [new if t.id == trial_id else t for t in trials]
+            cleaned = self.directory / _CLEANED_ERRORS
+            intent = self._begin("remove" if remove else "reset_by_id", (trial_id,))
+            try:
+                if kept is not None:
+                    write_atomic(cleaned, kept, fsync=True)
+                if new is None:
+                    rename(path, self.directory / f"{_TRASH}{unique()}")
+                else:
+                    self._write_files(path, render(new, path, changed_files(old, new)))
+                fault_point("clean.prepared")
+                size = len(kept) if kept is not None else self._errors_now_locked()
+                digest = None if kept is None else hashlib.sha256(kept).hexdigest()
+                self._rewrite(
+                    Record(trials, self._optimizer_state, errors_size=size, errors_digest=digest)
+                )
+                fault_point("clean.committed")
+                self._finish_clean()
+            except BaseException:
+                self._recover(intent)
+                raise
+            self._intent.clear()
+
+    def _errors_now_locked(self) -> int | None:
+        """The error dump's size, made durable (errors lock held)."""
+        return None if self.errors is None else self.errors.make_durable()
+
+    def _finish_clean(self) -> None:
+        """Put a cleaned error dump in place if the journal vouches for it (locks held).
+
+        A generation that records the dump's digest committed the cleaning; a
+        cleaned dump it does not vouch for is what a writer left before its commit,
+        and is removed. Then what the cleaning left in ``configs/`` goes too.
+        """
+        cleaned = self.directory / _CLEANED_ERRORS
+        if os.path.lexists(cleaned):
+            digest = self._errors_digest
+            if self.errors is not None and digest is not None:
+                try:
+                    data = read_file(cleaned)
+                except CorruptedFileError:
+                    data = None
+                if data is not None and hashlib.sha256(data).hexdigest() == digest:
+                    rename(cleaned, self.errors.path)
+                    fsync_dir(self.errors.path.parent)
+            unlink(cleaned)
+        self._clean_leftovers()
+
     def consolidate(self) -> None:
         """Rewrite the journal as one snapshot record (atomically: old or new, never broken)."""
         self.sync()
@@ -747,10 +891,15 @@ class TrialRepo:
 
     def _rewrite(self, snapshot: Record) -> None:
         """Replace the journal by a new generation holding only ``snapshot``."""
-        empty = not (snapshot.trials or snapshot.optimizer_state or snapshot.errors_size)
+        empty = not (
+            snapshot.trials
+            or snapshot.optimizer_state
+            or snapshot.errors_size
+            or snapshot.errors_digest is not None
+        )
         self._journal.rewrite([] if empty else [encode(snapshot)])
         self._index.clear()
-        self._optimizer_state = self._errors_base = None
+        self._optimizer_state = self._errors_base = self._errors_digest = None
         self._errors_journaled = []
         self._apply(snapshot)
 
@@ -943,7 +1092,7 @@ def _legal_successor(configs: Path, trial: Trial) -> Trial | None:
 
 def _check_consistent(trial: Trial) -> None:
     state = trial.metadata.state
-    if state.is_finished and trial.report is None:
+    if state.carries_report and trial.report is None:
         raise IllegalTransitionError(
             trial.id, "new", state.value, "a finished trial needs a report"
         )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from neps_state._errors import (
     IllegalTransitionError,
     InvalidReportError,
     InvalidTrialIdError,
+    NotReportedYetError,
     UsageError,
 )
 
@@ -41,9 +43,15 @@ def validate_trial_id(trial_id: object) -> str:
     return trial_id
 
 
-class State(Enum):
-    """The state of a trial; the values are the strings stored in ``metadata.json``."""
+class State(str, Enum):
+    """The state of a trial; the values are the strings stored in ``metadata.json``.
 
+    As NePS's own ``StrEnum``: a state equals its string (``State.SUCCESS ==
+    "success"``) and prints as it, so NePS's optimizers compare either way.
+    ``EXTERNAL`` is a trial imported with its result (``neps.import_trials``).
+    """
+
+    EXTERNAL = "external"
     PENDING = "pending"
     EVALUATING = "evaluating"
     SUCCESS = "success"
@@ -52,10 +60,21 @@ class State(Enum):
     CORRUPTED = "corrupted"
     UNKNOWN = "unknown"
 
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
     @property
     def is_finished(self) -> bool:
-        """Whether the trial was evaluated and carries a report."""
+        """Whether the trial was evaluated here and carries its report."""
         return self in _FINISHED
+
+    @property
+    def carries_report(self) -> bool:
+        """Whether a trial in this state must have a report (finished or imported)."""
+        return self in _FINISHED or self is State.EXTERNAL
 
 
 _FINISHED = frozenset({State.SUCCESS, State.FAILED, State.CRASHED})
@@ -70,6 +89,7 @@ _LEGAL_EDGES: dict[State, frozenset[State]] = {
     State.CRASHED: frozenset({State.CRASHED}),
     State.CORRUPTED: frozenset({State.CORRUPTED}),
     State.UNKNOWN: frozenset({State.UNKNOWN}),
+    State.EXTERNAL: frozenset({State.EXTERNAL}),
 }
 _ALWAYS_ALLOWED = frozenset({State.PENDING, State.CORRUPTED, State.UNKNOWN})
 
@@ -91,7 +111,7 @@ def check_transition(old: Trial, new: Trial) -> None:
             f"already evaluated by worker {old.metadata.evaluating_worker_id!r},"
             f" not {new.metadata.evaluating_worker_id!r}",
         )
-    if b.is_finished and new.report is None:
+    if b.carries_report and new.report is None:
         raise IllegalTransitionError(new.id, a.value, b.value, "a finished trial needs a report")
     if b is State.PENDING and new.report is not None:
         raise IllegalTransitionError(new.id, a.value, b.value, "a pending trial has no report")
@@ -203,6 +223,7 @@ class Trial:
     State: ClassVar[type[_State]] = State
     MetaData: ClassVar[type[_MetaData]] = MetaData
     Report: ClassVar[type[_Report]] = Report
+    NotReportedYetError: ClassVar[type[NotReportedYetError]] = NotReportedYetError
 
     config: dict[str, Any]
     metadata: _MetaData
@@ -234,6 +255,51 @@ class Trial:
                 time_sampled=time_sampled,
             ),
         )
+
+    @classmethod
+    def load_from_dict(
+        cls, data: Sequence[Any], *, worker_id: str, trial_directory: Path | str
+    ) -> list[Trial]:
+        """Trials imported with their results, in state ``EXTERNAL``.
+
+        ``data`` holds NePS's ``ImportedConfig``s (``id``, ``config``, ``result``); each
+        trial continues the one before it, as NePS records them.
+        """
+        trials: list[Trial] = []
+        for item in data:
+            result = item.result
+            info = result.get("info_dict") or {}
+            tid = validate_trial_id(item.id)
+            trials.append(
+                cls(
+                    config=to_plain(item.config),
+                    metadata=MetaData(
+                        id=tid,
+                        location=str(Path(trial_directory) / f"config_{tid}"),
+                        state=State.EXTERNAL,
+                        previous_trial_id=trials[-1].id if trials else None,
+                        previous_trial_location=None,
+                        sampling_worker_id=str(worker_id),
+                        time_sampled=math.nan,
+                        evaluating_worker_id=str(worker_id),
+                        evaluation_duration=info.get("evaluation_duration"),
+                        time_started=info.get("time_started"),
+                        time_end=info.get("time_end"),
+                    ),
+                    report=Report(
+                        objective_to_minimize=_floats(result["objective_to_minimize"]),
+                        cost=None if result.get("cost") is None else float(result["cost"]),
+                        learning_curve=_floats(result.get("learning_curve")),
+                        extra={},
+                        err=None,
+                        tb=None,
+                        reported_as="success",
+                        evaluation_duration=info.get("evaluation_duration"),
+                    ),
+                    source="imported",
+                )
+            )
+        return trials
 
     @property
     def id(self) -> str:

@@ -113,7 +113,7 @@ def read_trial(configs: Path, trial_id: str) -> Trial:
     report_path = directory / REPORT_FILE
     has_report = os.path.lexists(report_path)
     report = report_from(report_path, load_yaml(report_path)) if has_report else None
-    if report is None and metadata.state.is_finished:
+    if report is None and metadata.state.carries_report:
         raise CorruptedFileError(
             report_path, f"is missing, but the trial is {metadata.state.value}"
         )

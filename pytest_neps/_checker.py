@@ -287,7 +287,7 @@ def _folder_violations(folder: Path, trial: Trial, trials: dict[str, Trial]) -> 
     where = str(folder)
     state = trial.metadata.state
     report = trial.report
-    if state.is_finished and report is None:
+    if state.carries_report and report is None:
         out.append(Violation("report iff finished", where, f"{state.value} but no report"))
     if state in (Trial.State.PENDING, Trial.State.EVALUATING) and report is not None:
         # (A corrupted or unknown trial may keep the report it had.)
@@ -359,7 +359,7 @@ def check_histories(
             final = trials.get(tid)
             if final is None:
                 out.append(Violation("no acknowledged op lost", where, f"{op} but {tid!r} is gone"))
-            elif op.op in ("claim", "sample_claim"):
+            elif op.op in ("claim", "sample_claim", "neps_next"):
                 claims[tid].append(op)
             elif op.op == "report":
                 if final.metadata.state.value != op.result:

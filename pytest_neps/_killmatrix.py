@@ -32,7 +32,7 @@ from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import die
 from pytest_neps._impl import Impl
 from pytest_neps._ops import OPS, Ctx, complete
-from pytest_neps._optimizers import random_search
+from pytest_neps._optimizers import fresh_ids
 from pytest_neps._procs import Task, run_tasks
 from pytest_neps._swarm import run_swarm
 
@@ -54,17 +54,49 @@ MATRIX: dict[str, tuple[str, ...]] = {
     ),
     "update": ("lock.acquired", "update.files_written", "update.committed"),
     "consolidate": ("lock.acquired", "consolidate.written", "consolidate.renamed"),
+    "worker_id": ("lock.acquired", "state.written", "state.committed"),
+    "budget": ("lock.acquired", "state.written", "state.committed"),
+    "import": ("lock.acquired", "store.staged", "store.dir_renamed", "store.committed"),
+    "neps_next": (
+        "lock.acquired",
+        "sample.optimizer_state_written",
+        "store.staged",
+        "store.dir_renamed",
+        "store.committed",
+        "update.files_written",
+        "update.committed",
+    ),
+    "neps_report": (
+        "lock.acquired",
+        "update.files_written",
+        "update.committed",
+        "report.error_appended",
+    ),
+    **dict.fromkeys(
+        ("reset_by_id", "remove"),
+        (
+            "lock.acquired",
+            "clean.prepared",
+            "consolidate.written",
+            "consolidate.renamed",
+            "clean.committed",
+        ),
+    ),
 }
 """Operation -> the fault points reached inside it."""
 
 WORKER = "killed-worker"
 ROUNDS = 6
+BUDGET = 10
+"""Round ``r`` sets the run's total evaluations to ``BUDGET + r``."""
 ONE_STEP = {
     ("pending", "evaluating"),
     ("evaluating", "success"),
     ("evaluating", "failed"),
     ("evaluating", "crashed"),
 }
+RESET_STEPS = {(s, "pending") for s in ("evaluating", "success", "failed", "crashed")}
+"""What a reset by id in flight may have done to its trial."""
 
 
 class Acks:
@@ -73,18 +105,24 @@ class Acks:
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def __call__(self, op: str, trial: str | None = None, state: str | None = None) -> None:
-        """Record that ``op`` returned (for ``trial``, leaving it in ``state``)."""
-        line = json.dumps({"op": op, "trial": trial, "state": state})
+    def __call__(
+        self, op: str, trial: str | None = None, state: str | None = None, value: Any = None
+    ) -> None:
+        """Record that ``op`` returned (for ``trial``, leaving it in ``state``; or ``value``)."""
+        line = json.dumps({"op": op, "trial": trial, "state": state, "value": value})
         os.write(self.fd, line.encode() + b"\n")
 
 
 def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], None]) -> None:
-    """Create the run, then rounds of sample, claim, report, update and consolidate."""
+    """Create the run, then rounds of sample, claim, report, update and consolidate.
+
+    Each round also takes NePS 0.17's operations: a worker id, a budget, an import,
+    NePS's runtime's own steps, and a reset or a removal by id.
+    """
     mark("create")
     state = Impl().create(root, settings=settings)
     acks("create")
-    ctx = Ctx(Impl(), state, WORKER, random_search)
+    ctx = Ctx(Impl(), state, WORKER, fresh_ids)
     for r in range(ROUNDS):
         _run(ctx, "sample", (1 + r % 2,), acks, mark)
         trial = _run(ctx, "claim", (WORKER,), acks, mark)
@@ -106,7 +144,23 @@ def workload(root: Path, acks: Acks, settings: Settings, mark: Callable[[str], N
             state.put_updated_trial(pending, hints="metadata")
             acks("update", pending.id, "evaluating")
         _run(ctx, "consolidate", (), acks, mark)
+        _nepses_round(ctx, r, acks, mark)
         mark("")
+
+
+def _nepses_round(ctx: Ctx, r: int, acks: Acks, mark: Callable[[str], None]) -> None:
+    """NePS 0.17's operations, one round of them."""
+    _run(ctx, "worker_id", (), acks, mark)
+    _run(ctx, "budget", (BUDGET + r,), acks, mark)
+    _run(ctx, "import", (f"r{r}",), acks, mark)
+    trial = _run(ctx, "neps_next", (WORKER,), acks, mark)
+    _run(ctx, "neps_report", (WORKER, trial.id, "crashed" if r % 2 else "success"), acks, mark)
+    if r % 2:
+        _run(ctx, "reset_by_id", (trial.id,), acks, mark)
+        trial = _run(ctx, "neps_next", (WORKER,), acks, mark)  # takes it again
+        _run(ctx, "neps_report", (WORKER, trial.id, "success"), acks, mark)
+    else:
+        _run(ctx, "remove", (f"imported-r{r}",), acks, mark)
 
 
 def _run(
@@ -116,11 +170,12 @@ def _run(
     op = OPS[name]
     mark(name)
     raw = op.call(ctx, args)
-    leaves = op.leaves(args, op.encode(raw))
+    value = op.encode(raw)
+    leaves = op.leaves(args, value)
     for tid, state in leaves.items():
         acks(name, tid, state)
     if not leaves:
-        acks(name)
+        acks(name, value=value if name == "worker_id" else args[0] if args else None)
     return raw
 
 
@@ -179,7 +234,9 @@ def verify(root: Path, acks_path: Path, settings: Settings, *, swarm_trials: int
             return ["an acknowledged create is lost"]
         state = Impl().create(root, settings=settings)
     trials = state.lock_and_read_trials()
-    problems = _lost(acks, trials) + [str(v) for v in check_run_dir(root)]
+    problems = (
+        _lost(acks, trials) + _lost_state(acks, state) + [str(v) for v in check_run_dir(root)]
+    )
     if problems:
         return problems
     # The killed worker's trial, if it was left evaluating, is reset as a supervisor
@@ -196,15 +253,40 @@ def verify(root: Path, acks_path: Path, settings: Settings, *, swarm_trials: int
 
 def _lost(acks: list[dict[str, Any]], trials: dict[str, Trial]) -> list[str]:
     expected = {a["trial"]: a["state"] for a in acks[:-1] if a["trial"] is not None}
-    problems = [f"acknowledged trial {t} is lost" for t in expected if t not in trials]
+    # The operation in flight may have committed.
+    in_flight = str(acks[-1]["state"]).partition("/")[0]
+    gone = [t for t, s in expected.items() if t not in trials and s != "removed"]
+    if in_flight == "remove" and len(gone) == 1 and expected[gone[0]] == "external":
+        gone = []  # (the workload removes imported trials)
+    problems = [f"acknowledged trial {t} is lost" for t in gone]
+    removed = [t for t, s in expected.items() if s == "removed" and t in trials]
+    if removed:
+        problems.append(f"acknowledged removals undone: {removed}")
     ahead = [
         (t, s, trials[t].metadata.state.value)
         for t, s in expected.items()
-        if t in trials and trials[t].metadata.state.value != s
+        if t in trials and s != "removed" and trials[t].metadata.state.value != s
     ]
-    # The operation in flight may have committed: one trial may be one legal step ahead.
-    if len(ahead) > 1 or any((s, now) not in ONE_STEP for _, s, now in ahead):
+    # One trial may be one legal step ahead.
+    steps = ONE_STEP | (RESET_STEPS if in_flight == "reset_by_id" else set())
+    if len(ahead) > 1 or any((s, now) not in steps for _, s, now in ahead):
         problems.append(f"acknowledged states changed: {ahead}")
+    return problems
+
+
+def _lost_state(acks: list[dict[str, Any]], state: Any) -> list[str]:
+    """Acknowledged worker ids and budgets the optimizer state no longer has."""
+    opt = state.lock_and_get_optimizer_state()
+    ids = [a["value"] for a in acks[:-1] if a["op"] == "worker_id"]
+    problems = [
+        f"acknowledged worker id {w} is lost" for w in ids if w not in (opt.worker_ids or [])
+    ]
+    budgets = [a["value"] for a in acks[:-1] if a["op"] == "budget"]
+    if budgets:
+        # (The budget being set when the process was killed may have been set too.)
+        now = None if opt.budget is None else opt.budget.total_evaluations_to_spend
+        if now not in (budgets[-1], budgets[-1] + 1):
+            problems.append(f"acknowledged budget {budgets[-1]} is now {now}")
     return problems
 
 

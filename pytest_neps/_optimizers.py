@@ -42,3 +42,16 @@ def batch_sampler(
         previous = str(k - 1) if str(k - 1) in trials else None
         out.append(SampledConfig(id=str(k), config=_config(), previous_config_id=previous))
     return out[0] if n is None else out
+
+
+def fresh_ids(
+    trials: Mapping[str, Trial], budget_info: BudgetInfo | None, n: int | None = None
+) -> SampledConfig | list[SampledConfig]:
+    """Like :func:`random_search`, with ids past the largest numeric one.
+
+    No id is used twice, even when trials are removed (as ``neps.clean`` does).
+    """
+    del budget_info
+    first = 1 + max((int(t) for t in trials if t.isdigit()), default=-1)
+    configs = [SampledConfig(id=str(first + i), config=_config()) for i in range(n or 1)]
+    return configs[0] if n is None else configs

@@ -43,6 +43,11 @@ from pytest_neps._worker import FS_POINT, NEPS_PREFIX, KillPlan, WorkerSpec, wor
 from pytest_neps.defects import finding
 
 _REPORTED = ("success", "failed", "crashed")
+RUNTIMES = {
+    "own": "pytest_neps._worker:worker_main",
+    "neps": "pytest_neps._nepsworker:neps_worker_main",
+}
+"""The worker loops a swarm can run, by ``SwarmConfig.runtime``."""
 
 
 class Launcher(Protocol):
@@ -166,6 +171,9 @@ class SwarmConfig:
     power_cut_point: str | None = None
     """Or when a worker reaches this fault point (frozen there) after ``power_cut_ops`` ops."""
     power_cut_ops: int = 0
+    runtime: str = "own"
+    """Whose worker loop each worker process runs: ``"own"`` (the harness's, above) or
+    ``"neps"`` (NePS's ``DefaultWorker``, as ``neps.run`` runs it; the ``neps`` extra)."""
 
     @property
     def cuts_power(self) -> bool:
@@ -173,6 +181,8 @@ class SwarmConfig:
         return self.power_cut_after is not None or self.power_cut_point is not None
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, not {self.runtime!r}")
         if self.workers < 1 or self.trials < 0 or self.batch < 1:
             raise ValueError("workers and batch must be >= 1, trials >= 0")
         if not 0 <= self.kill_rate < 1:
@@ -442,7 +452,8 @@ class Swarm:
             log_level=c.worker_log_level,
         )
         self.specs[worker_id] = spec
-        self.launcher.start(worker_id, worker_main, (spec,), barrier)
+        main = worker_main if c.runtime == "own" else resolve(RUNTIMES[c.runtime])
+        self.launcher.start(worker_id, main, (spec,), barrier)
 
     def run(self) -> SwarmResult:
         """Start the workers, replace the killed ones, and collect everything."""
@@ -608,6 +619,11 @@ def check_importable(cfg: SwarmConfig) -> None:
     Also refuses kills at fault points for an implementation that never reaches
     one (they would silently never happen).
     """
+    if cfg.runtime == "neps" and importlib.util.find_spec("neps") is None:
+        raise SwarmConfigError(
+            "SwarmConfig.runtime='neps' runs NePS's own worker loop: install the 'neps' extra"
+            " (pip install 'neps-state[neps]')"
+        )
     for name in ("optimizer", "evaluation", "impl"):
         spec = getattr(cfg, name)
         if not isinstance(spec, str):

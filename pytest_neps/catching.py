@@ -115,6 +115,7 @@ CASES: list[tuple[PropertyRun, str, int]] = [
     (model, "LossyConsolidation", 100),
     (consolidation, "LossyConsolidation", 30),
     (model, "EmptyAfterCacheLoss", 50),
+    (model, "CleanLosesErrors", 100),
     (creation, "UnlockedCreate", 150),
 ]
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from neps_state import FAULT_POINTS, NePSError, NePSState, Settings, Trial
 from pytest_neps._checker import Violation, check_run_dir, read_run_dir, run_dir_problem
 from pytest_neps._reference import REFERENCE
-from pytest_neps._swarm import SwarmConfig, SwarmResult, run_swarm
+from pytest_neps._swarm import SwarmConfig, SwarmConfigError, SwarmResult, run_swarm
 from pytest_neps.bench import add_bench_arguments, main_bench
 
 DURABILITY = "the durability: fsync, each commit on stable storage; os, left to the OS"
@@ -137,6 +137,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         impl=args.impl,
         settings=Settings(durability=args.durability),
         worker_log_level=logging.WARNING if args.verbose else logging.ERROR,
+        runtime=args.runtime,
     )
     run_dir = Path(args.dir) / "run" if args.dir else None
     if run_dir is not None and run_dir.exists():
@@ -151,6 +152,9 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
                 launcher = stack.enter_context(connect(args.scheduler))
             result = run_swarm(config, run_dir, launcher=launcher, progress=progress)
+    except SwarmConfigError as e:
+        sys.stderr.write(f"neps-state stress: {e}\n")
+        return 2
     finally:
         progress.close()
     render_stress(result, sys.stdout)
@@ -397,6 +401,13 @@ def _add_stress_command(sub: Any) -> None:
     stress.add_argument("--json", help="write the figures as JSON here (default: not written)")
     stress.add_argument("--observers", type=int, default=1, help="lock-free reader processes")
     stress.add_argument("--batch", type=int, default=1, help="trials sampled per ask")
+    stress.add_argument(
+        "--runtime",
+        choices=("own", "neps"),
+        default="own",
+        help="whose worker loop the workers run: the harness's, or NePS's own DefaultWorker"
+        " (as neps.run runs it; the neps extra)",
+    )
     stress.add_argument(
         "--timeout", type=float, default=600.0, help="seconds before the swarm is stopped"
     )

@@ -3,7 +3,7 @@
 Each class is the reference ``NePSState`` with one known defect of the seed
 design put back. A test harness that cannot catch these cannot catch anything;
 the project's tests assert that each one is caught. Never use them for real runs.
-:data:`BY_DEFECT` names the control of each seed defect (D1-D9, see
+:data:`BY_DEFECT` names the control of each known defect (D1-D10, see
 ``pytest_neps.defects``).
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,11 @@ def write_in_place(path: Path, data: bytes) -> None:
 
 
 class _NoLock:
+    held = True
+
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, *, worker_id: str | None = None) -> Iterator[None]:
+        del worker_id
         yield
 
 
@@ -64,6 +68,17 @@ class UnlockedSampling(NePSState):
             return super().lock_and_sample_trial(optimizer, worker_id=worker_id, n=n, claim=claim)
         finally:
             self._optimizer_lock, self._trial_lock = saved
+
+
+class RuntimeReportsLoseErrors(NePSState):
+    """NePS's runtime's report step (``_report_trial_evaluation``) records no error."""
+
+    def _report_trial_evaluation(self, trial: Any, report: Any, *, worker_id: str) -> None:
+        """Commit the report, without its error record."""
+        trial.report = report
+        new, _ = self._reported(trial, report, worker_id)
+        with self._trials():
+            self._commit_report(new, None, worker_id, None)
 
 
 class _InPlaceRepo(TrialRepo):
@@ -97,11 +112,13 @@ class UnlockedCreate(NePSState):
         path: Path | str,
         *,
         load_only: bool = False,
-        optimizer_info: OptimizerInfo | None = None,
+        optimizer_info: OptimizerInfo | Mapping[str, Any] | None = None,
         optimizer_state: OptimizationState | None = None,
+        pipeline_space: Any = None,
         settings: Settings | None = None,
     ) -> NePSState:
         """Create or load the way the seed does: exists-check, then read or write."""
+        del pipeline_space  # (never given by the harness)
         root = Path(path).absolute()
         is_new = not root.exists()
         (root / "configs").mkdir(parents=True, exist_ok=True)
@@ -112,11 +129,11 @@ class UnlockedCreate(NePSState):
                 raise OptimizerInfoMismatchError(root, on_disk, optimizer_info)
             state._read_optimizer_state()
         elif optimizer_info is not None and optimizer_state is not None:
-            info = dump_yaml(optimizer_info.to_dict(), root / OPTIMIZER_INFO_FILE)
+            info = dump_yaml(OptimizerInfo.of(optimizer_info).to_dict(), root / OPTIMIZER_INFO_FILE)
             write_in_place(root / OPTIMIZER_INFO_FILE, info)
             write_in_place(state._optimizer_state_path, pickle.dumps(optimizer_state))
         with state._trial_lock.lock():
-            state._trial_repo.sync()
+            state._repo.sync()
         return state
 
 
@@ -306,6 +323,37 @@ class CacheBeforeFolder(NePSState):
     repo_class = _FolderAfterCommitRepo
 
 
+class UnlockedWorkerIds(NePSState):
+    """Gives out worker ids from a state read before the locks: two workers get one id."""
+
+    def lock_and_set_new_worker_id(self, worker_id: str | None = None) -> str:
+        """Read the ids, pause, then commit (the read-modify-write race)."""
+        self._sync_view()
+        taken = list(self._read_optimizer_state().worker_ids or [])
+        time.sleep(0.02)
+        wid = f"worker_{len(taken)}" if worker_id is None else worker_id
+        with self._optimizer_lock.lock(), self._trials():
+            self._repo.sync()
+            opt_state = self._read_optimizer_state()
+            opt_state.worker_ids = [*taken, wid]
+            self._commit_state(opt_state)
+        return wid
+
+
+class _EmptiesErrorsRepo(TrialRepo):
+    def clean_trial(self, trial_id: str, *, remove: bool) -> None:
+        super().clean_trial(trial_id, remove=remove)
+        if self.errors is not None:
+            with self.errors.lock.lock():
+                self.errors.path.write_bytes(b"")  # every other trial's records go too
+
+
+class CleanLosesErrors(NePSState):
+    """Resetting or removing a trial by id empties the whole error dump, as NePS 0.17 (D10)."""
+
+    repo_class = _EmptiesErrorsRepo
+
+
 BY_DEFECT: dict[str, str] = {
     "D1": "EmptyAfterCacheLoss",
     "D2": "UnlockedCreate",
@@ -316,18 +364,21 @@ BY_DEFECT: dict[str, str] = {
     "D7": "TwoStepClaim",
     "D8": "RereadsEverything",
     "D9": "CacheBeforeFolder",
+    "D10": "CleanLosesErrors",
 }
-"""The control of each seed defect."""
+"""The control of each known defect."""
 
 __all__ = [
     "BY_DEFECT",
     "CacheBeforeFolder",
+    "CleanLosesErrors",
     "EmptyAfterCacheLoss",
     "InPlaceWrites",
     "LossyConsolidation",
     "NoCrashRecovery",
     "RawParseErrors",
     "RereadsEverything",
+    "RuntimeReportsLoseErrors",
     "SkipsJournalFsync",
     "StaleCacheRead",
     "TornTailBreaksReaders",
@@ -336,5 +387,6 @@ __all__ = [
     "UncheckedIds",
     "UnlockedCreate",
     "UnlockedSampling",
+    "UnlockedWorkerIds",
     "write_in_place",
 ]

@@ -1,4 +1,4 @@
-"""The seed design's known defects (D1-D9), by which the suite names what it finds.
+"""The known defects (D1-D9 of the seed design, D10 of NePS 0.17) the suite names.
 
 A property of the suite that sees the symptom of one of these fails with
 :func:`finding`, whose message starts with the defect's id and says what it is,
@@ -19,6 +19,7 @@ DEFECTS: dict[str, str] = {
     "D7": "taking the next pending trial and marking it evaluating are two critical sections",
     "D8": "every operation reads the whole cache: a cycle's cost grows with the run",
     "D9": "a new trial's cache record is written before its folder exists",
+    "D10": "resetting or removing one trial by id loses other trials or their error records",
 }
 
 

@@ -137,8 +137,9 @@ def check_flock(work: Path, hold: Callable[..., None] = _hold_lock) -> Check:
     return _pass("flock", "excludes across processes, granted once released")
 
 
-def _poll(path: str, stop: Any, sizes: Any) -> None:
+def _poll(path: str, stop: Any, sizes: Any, ready: Any) -> None:
     bad = 0
+    ready.set()  # (the writer starts only now: a reader still starting up sees nothing)
     while not stop.is_set():
         try:
             with open(path, "rb") as f:
@@ -163,10 +164,11 @@ def check_rename(
     ctx = _context()
     target = work / "target"
     target.write_bytes(b"a" * 4096)
-    stop, out = ctx.Event(), ctx.Queue()
-    reader = ctx.Process(target=_poll, args=(str(target), stop, out))
+    stop, out, ready = ctx.Event(), ctx.Queue(), ctx.Event()
+    reader = ctx.Process(target=_poll, args=(str(target), stop, out, ready))
     reader.start()
     try:
+        ready.wait(60)
         for k in range(rounds):
             replace(work / f"tmp-{k}", target, bytes([97 + k % 2]) * (4096 if k % 2 else 8192))
     finally:
@@ -186,12 +188,23 @@ def _append(path: str, n: int, mark: int) -> None:
     os.close(fd)
 
 
+def _together(start: Any, append: Callable[..., None], path: str, n: int, mark: int) -> None:
+    start.wait(60)
+    append(path, n, mark)
+
+
 def check_append(work: Path, n: int = 2000, append: Callable[..., None] = _append) -> Check:
-    """Two processes' records (``append``: with ``O_APPEND``) all arrive whole."""
+    """Two processes' records (``append``: with ``O_APPEND``) all arrive whole.
+
+    The two start appending together (a barrier), so that their appends interleave.
+    """
     ctx = _context()
     path = work / "log"
     path.touch()
-    procs = [ctx.Process(target=append, args=(str(path), n, mark)) for mark in (65, 66)]
+    start = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_together, args=(start, append, str(path), n, mark)) for mark in (65, 66)
+    ]
     for p in procs:
         p.start()
     for p in procs:

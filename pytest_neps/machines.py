@@ -6,6 +6,9 @@ registry ``_ops.OPS``. Rules sample (one or a batch), claim, report (success,
 failed with an error, crashed), update trials with ``put_updated_trial``, force a
 consolidation, open more handles on the same directory, and damage the directory
 the way crashes do (lose the cache file, tear its tail, leave stray temp files).
+Where the implementation has NePS 0.17's members, rules also take NePS's runtime's
+own steps (claim-or-sample, report), give out worker ids, set budgets, import
+evaluated configs and reset or remove trials by id (``neps.clean``).
 Handles and trial ids are Bundles, so a shrunk example still names the same
 ones. After every step every handle's view must equal the model, the cache must
 agree with the trial folders, and the error dump must hold one record per
@@ -47,7 +50,7 @@ from pytest_neps._checker import check_run_dir
 from pytest_neps._impl import Impl, as_impl
 from pytest_neps._linearize import Event
 from pytest_neps._ops import OPS, OUTCOMES, Ctx, NePSModel, NePSModelState, complete, from_json
-from pytest_neps.defects import finding
+from pytest_neps.defects import finding, named
 
 MAX_HANDLES = 4
 MODEL = NePSModel()
@@ -85,7 +88,7 @@ def _report(trial: Any, outcome: str) -> Any:
         trial,
         outcome,
         time_end=1.0,
-        objective=float(trial.id) if err is None else None,
+        objective=(float(trial.id) if trial.id.isdigit() else 0.5) if err is None else None,
         cost=math.nan if trial.id == "3" else 1.0,
         learning_curve=[1.0, 0.5],
         err=err,
@@ -147,8 +150,11 @@ class NePSStateMachine(RuleBasedStateMachine):
             )
             if self.damage is not None:
                 # A read that returns, but not every trial, is a rebuild that lost them
-                # (D1); one that raises is the damage breaking the reader.
+                # (D1); one that raises is the damage breaking the reader. Right after a
+                # reset or removal by id, anything wrong is that operation's (D10).
                 defect = "D1" if error is None and name == "read" else self.damage
+                if self.damage == "D10":
+                    defect = "D10"
                 raise finding(defect, f"right after a damaged cache, {what}") from error
             if error is not None:
                 raise error
@@ -157,8 +163,12 @@ class NePSStateMachine(RuleBasedStateMachine):
         return raw, result
 
     def owner(self, trial_id: str) -> str | None:
-        """The worker the model says evaluates (or evaluated) ``trial_id``."""
-        return next(w for t, _, w in self.model.trials if t == trial_id)
+        """The worker the model says evaluates (or evaluated) ``trial_id`` (None if gone)."""
+        return next((w for t, _, w in self.model.trials if t == trial_id), None)
+
+    def supports(self, name: str) -> bool:
+        """Whether the implementation has what operation ``name`` calls (NePS 0.17's API)."""
+        return bool(self.opened) and OPS[name].supported_by(self.opened[0].state)
 
     @initialize(target=handles)
     def create(self) -> Handle:
@@ -197,6 +207,55 @@ class NePSStateMachine(RuleBasedStateMachine):
         self.apply(action, handle, "machine", (tid,))
         if action == "reset":
             self.reports.pop(tid, None)
+
+    @precondition(lambda self: self.supports("neps_next"))
+    @rule(target=claimed, handle=handles, w=st.integers(0, 2))
+    def neps_next(self, handle: Handle, w: int) -> MultipleResults[str]:
+        """NePS's runtime's own step: claim the earliest pending trial, else sample one."""
+        worker = f"worker{w}"
+        raw, tid = self.apply("neps_next", handle, worker, (worker,))
+        return multiple() if raw is None else multiple(tid)
+
+    @precondition(lambda self: self.supports("neps_report"))
+    @rule(handle=handles, tid=consumes(claimed), outcome=st.sampled_from(OUTCOMES))
+    def neps_report(self, handle: Handle, tid: str, outcome: str) -> None:
+        """Report a claimed trial through NePS's runtime's own step."""
+        worker = self.owner(tid) or "machine"
+        _, result = self.apply("neps_report", handle, worker, (worker, tid, outcome))
+        if result is True:
+            err = _error(tid, outcome)
+            self.reports[tid] = (outcome, None if err is None else str(err))
+            self.errors[tid] += err is not None
+
+    @precondition(lambda self: self.supports("worker_id") and self.supports("budget"))
+    @rule(handle=handles, n=st.sampled_from([None, 5, 9]))
+    def worker_and_budget(self, handle: Handle, n: int | None) -> None:
+        """A new worker id, then (unless None) a new total budget, read back."""
+        self.apply("worker_id", handle, "machine", ())
+        if n is not None:
+            self.apply("budget", handle, "machine", (n,))
+        self.apply("get_budget", handle, "machine", ())
+
+    @precondition(lambda self: self.supports("import"))
+    @rule(target=trials, handle=handles, tag=st.sampled_from("abc"))
+    def import_trial(self, handle: Handle, tag: str) -> MultipleResults[str]:
+        """Import an evaluated config (an ``external`` trial), as ``neps.import_trials`` does."""
+        raw, ids = self.apply("import", handle, "importer", (tag,))
+        if raw is None:
+            return multiple()
+        for tid in ids:
+            self.reports[tid] = ("success", None)
+        return multiple(*ids)
+
+    @precondition(lambda self: self.supports("reset_by_id") and self.supports("remove"))
+    @rule(handle=handles, tid=trials, action=st.sampled_from(["reset_by_id", "remove"]))
+    def clean(self, handle: Handle, tid: str, action: str) -> None:
+        """Reset a trial by id or remove it (``neps.clean``): its error records go too."""
+        _, result = self.apply(action, handle, "machine", (tid,))
+        if result is None:
+            self.reports.pop(tid, None)
+            self.errors.pop(tid, None)
+            self.damage = "D10"
 
     @rule(handle=handles, n=st.integers(1, 4))
     def next_pending(self, handle: Handle, n: int) -> None:
@@ -244,6 +303,8 @@ class NePSStateMachine(RuleBasedStateMachine):
     def stray_temp_files(self, tid: str) -> None:
         """Leave temp files and a staging folder where a killed writer would."""
         folder = self.root / "configs" / f"config_{tid}"
+        if not folder.is_dir():
+            return  # (removed)
         (folder / ".metadata.json.tmp-dead01").write_bytes(b'{"id": "half')
         (self.root / ".optimizer_state.pkl.tmp-dead02").write_bytes(b"\x80\x05")
         staging = self.root / "configs" / ".staging-dead03"
@@ -256,8 +317,13 @@ class NePSStateMachine(RuleBasedStateMachine):
 
         One invariant, in this order: the reads are what repairs a damaged cache.
         """
-        self._handles_see_the_model()
-        self._directory_is_consistent()
+        try:
+            self._handles_see_the_model()
+            self._directory_is_consistent()
+        except AssertionError as e:
+            if self.damage == "D10" and not named(str(e)):
+                raise finding("D10", f"right after a reset or removal by id: {e}") from e
+            raise
         self.damage = None
 
     def _handles_see_the_model(self) -> None:
@@ -267,7 +333,8 @@ class NePSStateMachine(RuleBasedStateMachine):
             for tid, state, worker in self.model.trials:
                 t = trials[tid]
                 seen = (t.metadata.state.value, t.metadata.evaluating_worker_id, t.config)
-                want = (state, None if state == "pending" else worker, {"i": int(tid)})
+                config = {"imported": tid[9:]} if tid.startswith("imported-") else {"i": int(tid)}
+                want = (state, None if state == "pending" else worker, config)
                 assert seen == want, f"handle {k}, trial {tid}: {seen} != {want}"
                 outcome = None if t.report is None else t.report.reported_as
                 err = None if t.report is None or t.report.err is None else str(t.report.err)

@@ -210,6 +210,23 @@ def neps_state(neps_state_factory: Callable[..., NePSState]) -> NePSState:
 
 
 @pytest.fixture
+def neps_patched() -> Iterator[type[NePSState]]:
+    """NePS's own code (``neps.run``, ``neps.status``, ...) on the reference state for
+    this test (``neps_state.patch_neps``); NePS's own state again afterwards. Skips
+    when NePS is not installed.
+    """
+    from neps_state import UsageError, neps_patched  # noqa: PLC0415 - only when used
+
+    try:
+        with neps_patched() as cls:
+            yield cls
+    except UsageError as e:
+        if "not installed" not in str(e):
+            raise
+        pytest.skip(str(e))
+
+
+@pytest.fixture
 def neps_lazyfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LazyFS]:
     """LazyFS mounted on a fresh folder (``.mountpoint``): unsynced writes are
     dropped by ``.power_loss()``, which then mounts again (the reboot). Unmounted

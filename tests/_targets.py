@@ -75,6 +75,6 @@ def cycles_with_handle(state: NePSState, n: int) -> list[str]:
 def hold_spares(root: Path, held: Any, release: Any) -> None:
     """Open the run, create the spares of a sample, say so, and keep them until told."""
     state = NePSState.create_or_load(root, load_only=True, settings=SETTINGS)
-    with state._state_spare.ahead(), state._trial_repo.store_ahead():
+    with state._state_spare.ahead(), state._repo.store_ahead():
         held.set()
         release.wait(600)

@@ -172,7 +172,7 @@ def test_incremental_reads_only_new_records_and_rereads_after_consolidation(
 
     def counting_pread(fd: int, n: int, offset: int) -> bytes:
         data = real_pread(fd, n, offset)
-        if fd != a._trial_repo._intent._fd:  # count the journal's reads, not the marker's
+        if fd != a._repo._intent._fd:  # count the journal's reads, not the marker's
             reads.append(len(data))
         return data
 

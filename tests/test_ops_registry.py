@@ -40,21 +40,41 @@ def test_every_operation_is_dispatched_and_modelled(tmp_path: Path) -> None:
         ("corrupt", "1"),
         ("sample_claim",),
         ("consolidate",),
+        ("worker_id",),
+        ("budget", 5),
+        ("get_budget",),
+        ("import", "a"),
+        ("neps_next",),  # nothing pending: samples trial 4, evaluating
+        ("neps_report", "success"),
+        ("reset_by_id", "4"),
+        ("neps_next",),  # takes trial 4 again
+        ("remove", "1"),
+        ("sample", 1),  # trial 4 exists: refused
         ("read",),
     ]
     assert {p[0] for p in plan} == set(OPS)
     events = race(tmp_path, plan)
     ops = ["sample", "pending", "claim", "get", "reset", "claim", "report", "corrupt"]
-    ops.append("sample_claim")
-    assert [e.op for e in events] == [*ops, "consolidate", "read"]
+    ops += ["sample_claim", "consolidate", "worker_id", "budget", "get_budget", "import"]
+    ops += ["neps_next", "neps_report", "reset_by_id", "neps_next", "remove", "sample"]
+    assert [e.op for e in events] == [*ops, "read"]
     assert check(events, MODEL).ok, format_history(events)
-    assert events[-1].result == (("0", "failed"), ("1", "corrupted"), ("2", "evaluating"))
+    assert events[-2].result == "TrialAlreadyExistsError"
+    assert events[-1].result == (
+        ("0", "failed"),
+        ("2", "evaluating"),
+        ("4", "evaluating"),
+        ("imported-a", "external"),
+    )
 
 
 def test_races_draw_the_operations_with_a_plan() -> None:
     raced = [name for name, op in OPS.items() if op.plan]
-    assert raced == ["sample", "sample_claim", "claim", "report", "read", "pending"]
-    readers = ("read", "get", "pending")
+    assert raced == [
+        *("sample", "sample_claim", "claim", "report", "read", "pending"),
+        *("worker_id", "budget", "get_budget", "import", "neps_next", "neps_report"),
+    ]
+    readers = ("read", "get", "pending", "get_budget")
     assert all(op.mutates == (name not in readers) for name, op in OPS.items())
 
 
@@ -107,11 +127,23 @@ def test_the_machine_drives_its_rules_through_the_registry(
         machine.consolidate(first)
         machine.next_pending(first, 3)
         machine.state_matches_model()
+        assert machine.import_trial(first, "a").values == ("imported-a",)
+        machine.worker_and_budget(first, 5)
+        (tid,) = machine.neps_next(first, 1).values
+        machine.neps_report(first, tid, "crashed")
+        machine.clean(first, tid, "reset_by_id")
+        machine.state_matches_model()
+        machine.clean(first, "1", "remove")
+        machine.state_matches_model()
     finally:
         machine.teardown()
     assert set(called) == set(OPS) - {"sample_claim", "get"}
-    assert machine.model.snapshot() == (("0", "failed"), ("1", "corrupted"))
-    assert machine.reports == {"0": ("failed", "failed at 0")}
+    assert machine.model.snapshot() == (
+        ("0", "failed"),
+        ("3", "pending"),
+        ("imported-a", "external"),
+    )
+    assert machine.reports == {"0": ("failed", "failed at 0"), "imported-a": ("success", None)}
 
 
 S = NePSModelState(
@@ -141,6 +173,13 @@ def ev(op: str, args: tuple[Any, ...], result: Any, *, killed: bool = False) -> 
         ev("reset", ("0",), "OSError"),
         ev("corrupt", ("1",), "OSError"),
         ev("consolidate", (), "OSError"),
+        ev("sample", (1,), "TrialAlreadyExistsError"),
+        ev("worker_id", (), "worker_1"),
+        ev("get_budget", (), 5),
+        ev("import", ("a",), "TrialAlreadyExistsError"),
+        ev("remove", ("9",), None),
+        ev("reset_by_id", ("9",), None),
+        ev("neps_next", ("w",), "3"),
     ],
     ids=lambda e: f"{e.op}->{e.result!r}",
 )

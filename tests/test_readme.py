@@ -42,7 +42,7 @@ def test_the_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(named_block("import time\n"), {"__name__": "readme_tour"})  # noqa: S102
-    assert out.getvalue().strip() == "State.SUCCESS"
+    assert out.getvalue().strip() == "success"  # a state prints as its value, as NePS's
     assert (tmp_path / "runs" / "my-run" / "configs" / "config_0" / "report.yaml").is_file()
 
 

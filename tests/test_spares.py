@@ -117,7 +117,7 @@ def test_updates_fall_back_when_their_prepared_files_vanished(
     trial = state.lock_and_sample_trial(random_search, worker_id="w0", claim=True)
     trial.report = completed(trial)
     trial.metadata.state = State.SUCCESS
-    repo = state._trial_repo
+    repo = state._repo
     prepared = repo.prepare_update(trial, ("report", "metadata"))
     assert set(prepared.temps) == {"report.yaml", "metadata.json"}
     remove_spares(run_dir)
