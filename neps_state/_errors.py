@@ -82,9 +82,10 @@ class SearchSpaceMismatchError(NePSError):
 
     def __str__(self) -> str:
         return (
-            f"The pipeline space saved at {self.path} {self.problem}. To continue this run,"
-            " omit the pipeline space (it is loaded from disk) or pass the same one; to"
-            " start a new run with another space, use another root directory."
+            f"The pipeline space on disk does not match the one provided: the one saved at"
+            f" {self.path} {self.problem}. To continue this run, omit the pipeline space"
+            " (it is loaded from disk) or pass the same one; to start a new run with"
+            " another space, use another root directory."
         )
 
 

@@ -214,6 +214,16 @@ class NePSState:
     def __repr__(self) -> str:
         return f"NePSState({str(self.path)!r})"
 
+    def __eq__(self, other: object) -> bool:
+        # Two handles are equal when they open the same run with the same settings
+        # (NePS compares its handles, e.g. one created and one loaded).
+        if not isinstance(other, NePSState):
+            return NotImplemented
+        return self.path == other.path and self.settings == other.settings
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
     # -- creation -----------------------------------------------------------------
 
     @classmethod

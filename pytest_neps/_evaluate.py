@@ -40,6 +40,14 @@ def flaky(config: Mapping[str, Any]) -> float:
     return quadratic(config)
 
 
+def two_objectives(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Two objectives (for multi-objective optimizers): :func:`quadratic` and the depth."""
+    return {
+        "objective_to_minimize": [quadratic(config), float(config.get("layers", 1))],
+        "cost": 1.0,
+    }
+
+
 def always_crashes(config: Mapping[str, Any]) -> float:
     """Every evaluation crashes."""
     raise ZeroDivisionError(f"config {dict(config)} divides by zero")

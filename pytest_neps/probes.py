@@ -223,6 +223,44 @@ def check_lost_cache(impl: Impl) -> None:
                 )
 
 
+def check_clean_by_id(impl: Impl) -> None:
+    """D10: resetting and removing trials by id leave every other trial and error record.
+
+    Four finished trials, two of them crashed (an error record each); the second
+    crashed one is reset, then the first success removed. The open handle and a new
+    one must still see the other two, and the error record of the other crash.
+    """
+    with _run_dir() as root:
+        state = impl.create(root)
+        if not all(
+            hasattr(state, m) for m in ("lock_and_reset_trial_by_id", "lock_and_remove_trial_by_id")
+        ):
+            raise NotApplicable(
+                "no lock_and_reset_trial_by_id / lock_and_remove_trial_by_id (NePS 0.17's)"
+            )
+        ids = []
+        for k, outcome in enumerate(("success", "crashed", "success", "crashed")):
+            trial = impl.sample(state, ask, "w0", 1, claim=True)[0]
+            err = None if outcome == "success" else RuntimeError(f"crash {k}")
+            report = complete(trial, outcome, err=err, tb=None if err is None else "Traceback")
+            state.lock_and_report_trial_evaluation(trial, report, worker_id="w0")
+            ids.append(trial.id)
+        state.lock_and_reset_trial_by_id(ids[3])
+        state.lock_and_remove_trial_by_id(ids[0])
+        for who, handle in (("the open handle", state), ("a new handle", impl.load(root))):
+            seen = handle.lock_and_read_trials()
+            kept = {t: state_of(seen[t]) if t in seen else "gone" for t in ids[1:3]}
+            if kept != {ids[1]: "crashed", ids[2]: "success"}:
+                raise finding("D10", f"after a reset and a removal by id, {who} sees {kept}")
+            errors = [e.trial_id for e in handle.lock_and_get_errors().errs]
+            if errors != [ids[1]]:
+                raise finding(
+                    "D10",
+                    f"after a reset and a removal by id, {who} has error records {errors}"
+                    f" (expected those of {ids[1]!r} alone)",
+                )
+
+
 def _sample_killed(impl: Impl, root: Path, nth: int, marker: Path) -> int:
     """In a pool process: sample one trial, SIGKILLed before the ``nth`` file change."""
     state = impl.load(root)

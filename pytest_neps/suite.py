@@ -38,6 +38,7 @@ from pytest_neps.probes import (
     TORN_TAILS,
     UNSAFE_IDS,
     NotApplicable,
+    check_clean_by_id,
     check_cost_growth,
     check_crash_inside_sample,
     check_damaged_file,
@@ -132,6 +133,11 @@ def test_a_lost_cache_hides_no_trial(neps_impl: str) -> None:
     _applicable(check_lost_cache, as_impl(neps_impl))
 
 
+def test_a_clean_by_id_loses_nothing_else(neps_impl: str) -> None:
+    """Resetting and removing trials by id (``neps.clean``) leave the other trials' records."""
+    _applicable(check_clean_by_id, as_impl(neps_impl))
+
+
 def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:
     """A sample killed before each of its file changes leaves no trial without its folder."""
     impl = as_impl(neps_impl)
@@ -170,6 +176,7 @@ def _applicable(check: Any, *args: Any) -> None:
 
 
 __all__ = [
+    "test_a_clean_by_id_loses_nothing_else",
     "test_a_crash_at_every_file_change_of_a_sample",
     "test_a_cycle_costs_the_same_at_3000_trials",
     "test_a_damaged_file_is_a_typed_error_naming_it",

@@ -7,7 +7,7 @@ Needs ``neural-pipeline-search`` (tested with 0.17.0; ``pip install
 'neps-state[neps]'``). The harness hands over this project's ``OptimizerInfo``
 and ``OptimizationState``; NePS wants a mapping and its own classes, so those
 are translated. Everything else is NePS's own code, defects included (see the
-seed defects D1-D9 in the project's design notes): nothing is fixed here.
+seed defects D1-D9 and 0.17's D10 in the project's design notes): nothing is fixed here.
 """
 
 from __future__ import annotations
@@ -108,6 +108,51 @@ class UpstreamNePSState:
         """NePS's optimizer state (its own class)."""
         return self._inner.lock_and_get_optimizer_state()
 
+    # -- NePS 0.17's own members: its runtime's, and those neps.clean and neps.import use
+
+    def lock_and_set_new_worker_id(self, worker_id: str | None = None) -> str:
+        """NePS's worker ids."""
+        wid: str = self._inner.lock_and_set_new_worker_id(worker_id)
+        return wid
+
+    def lock_and_update_global_budgets(self, **budgets: Any) -> None:
+        """NePS's global budgets."""
+        self._inner.lock_and_update_global_budgets(**budgets)
+
+    def lock_and_get_global_budgets(self) -> Any:
+        """NePS's global budgets."""
+        return self._inner.lock_and_get_global_budgets()
+
+    def lock_and_import_trials(self, imported_configs: Any, *, worker_id: str) -> Any:
+        """NePS's import."""
+        return self._inner.lock_and_import_trials(imported_configs, worker_id=worker_id)
+
+    def lock_and_reset_trial_by_id(self, trial_id: str) -> None:
+        """NePS's reset by id."""
+        self._inner.lock_and_reset_trial_by_id(trial_id)
+
+    def lock_and_remove_trial_by_id(self, trial_id: str) -> None:
+        """NePS's removal by id."""
+        self._inner.lock_and_remove_trial_by_id(trial_id)
+
+    @property
+    def _optimizer_lock(self) -> Any:
+        return self._inner._optimizer_lock  # noqa: SLF001 - NePS's runtime's own access
+
+    @property
+    def _trial_lock(self) -> Any:
+        return self._inner._trial_lock  # noqa: SLF001
+
+    @property
+    def _trial_repo(self) -> Any:
+        return self._inner._trial_repo  # noqa: SLF001
+
+    def _sample_trial(self, optimizer: Any, **kwargs: Any) -> Any:
+        return self._inner._sample_trial(optimizer, **kwargs)  # noqa: SLF001
+
+    def _report_trial_evaluation(self, trial: Any, report: Any, *, worker_id: str) -> None:
+        self._inner._report_trial_evaluation(trial, report, worker_id=worker_id)  # noqa: SLF001
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Only the path travels: the new process opens NePS's state there."""
         return (_load, (str(self.path),))
@@ -175,10 +220,20 @@ class NePSOptimizer:
         return ask(trials=trials, budget_info=budget_info, n=n)
 
     def build(self) -> Any:
-        """NePS's ``load_optimizer`` on the space: the ask function."""
+        """NePS's ``load_optimizer`` on the space, converted as ``neps.run`` converts it."""
         from neps.optimizers import load_optimizer  # noqa: PLC0415 - optional dependency
+        from neps.space.neps_spaces import neps_space  # noqa: PLC0415
+        from neps.space.parsing import convert_to_space  # noqa: PLC0415
 
-        ask, _ = load_optimizer((self.name, dict(self.kwargs)), pipeline_space(self.space))
+        choice = (self.name, dict(self.kwargs))
+        space = pipeline_space(self.space)
+        kind = neps_space.check_neps_space_compatibility(choice)
+        if kind in ("both", "classic"):
+            space = neps_space.convert_neps_to_classic_search_space(space) or space
+        space = convert_to_space(space)
+        if kind == "neps" and not isinstance(space, neps_space.PipelineSpace):
+            space = neps_space.convert_classic_to_neps_search_space(space)
+        ask, _ = load_optimizer(choice, space)
         return ask
 
 
@@ -201,12 +256,24 @@ def neps_optimizer(
         space = DEFAULT_SPACE if name in _PRIORS else _without_priors(DEFAULT_SPACE)
     if name in _NO_FIDELITY and any(s.get("fidelity") for s in space.values()):
         kwargs.setdefault("ignore_fidelity", "highest_fidelity")
+    if name == "neps_local_and_incumbent":
+        # Its local prior is the user's: the middle of the default space, here.
+        kwargs.setdefault("local_prior", {"learning_rate": 1e-3, "layers": 3, "optimizer": "adam"})
     return NePSOptimizer(name, space, kwargs)
 
 
-_NO_FIDELITY = frozenset({"random_search", "bayesian_optimization", "grid_search"})
+_NO_FIDELITY = frozenset(
+    {
+        "random_search",
+        "bayesian_optimization",
+        "grid_search",
+        "pibo",
+        "neps_random_search",
+        "complex_random_search",
+    }
+)
 """NePS's optimizers that refuse a fidelity: they sample it at its highest here."""
-_PRIORS = frozenset({"priorband", "pibo"})
+_PRIORS = frozenset({"priorband", "pibo", "primo", "neps_priorband"})
 """NePS's optimizers built on priors: the default space keeps its priors for them only."""
 
 

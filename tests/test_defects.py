@@ -80,7 +80,11 @@ def test_rereading_everything_is_d8() -> None:
     assert named(str(e.value)) == ["D8"]
 
 
-@pytest.mark.parametrize("defect", ["D1", "D4", "D5", "D6", "D9"])
+def test_a_clean_that_loses_error_records_is_d10() -> None:
+    assert findings(probes.check_clean_by_id, (control("D10"),)) == ["D10"]
+
+
+@pytest.mark.parametrize("defect", ["D1", "D4", "D5", "D6", "D9", "D10"])
 def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
     impl = as_impl("neps_state:NePSState")
     cases = {
@@ -92,6 +96,7 @@ def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
             [(impl, f, h) for f in probes.DAMAGED_FILES for h in probes.DAMAGES],
         ),
         "D9": (probes.check_crash_inside_sample, [(impl, n, neps_pool) for n in range(1, 30)]),
+        "D10": (probes.check_clean_by_id, [(impl,)]),
     }
     check, args = cases[defect]
     assert findings(check, *args) == []

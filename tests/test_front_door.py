@@ -242,6 +242,7 @@ def test_pytest_fixtures_documents_every_fixture(pytester: pytest.Pytester) -> N
 NEPS_FIXTURES = (
     "neps_impl",
     "neps_lazyfs",
+    "neps_patched",
     "neps_pool",
     "neps_power_cut",
     "neps_run_dir",

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import neps
@@ -51,12 +52,22 @@ def worker(target: Path) -> None:
 
 
 def main(target: Path = TARGET) -> int:
-    """Write a fresh run directory with two worker processes."""
+    """Write a fresh run directory with two worker processes.
+
+    The second starts once the first has sampled a trial: NePS's creation is not
+    safe against a second creator (the seed's defect D2: its optimizer state is read
+    while being written), and this script is to record a run, not to race creators.
+    """
     shutil.rmtree(target, ignore_errors=True)
     spawn = multiprocessing.get_context("spawn")
     procs = [spawn.Process(target=worker, args=(target,)) for _ in range(2)]
-    for p in procs:
-        p.start()
+    procs[0].start()
+    deadline = time.monotonic() + 300
+    while not any((target / "configs").glob("config_*")) and procs[0].is_alive():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    procs[1].start()
     for p in procs:
         p.join()
     return max(p.exitcode or 0 for p in procs)
