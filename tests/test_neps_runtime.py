@@ -30,6 +30,7 @@ from neps_state import (
 )
 from pytest_neps._checker import check_run_dir
 from pytest_neps._swarm import run_swarm
+from pytest_neps.defects import named
 
 neps = pytest.importorskip(
     "neps", reason="upstream NePS is not installed: pip install 'neps-state[neps]' (see README)"
@@ -293,9 +294,16 @@ def test_a_swarm_runs_nepss_worker_loop_with_kills(
         timeout=600,
         **kills,
     )
-    result.assert_consistent()
-    assert result.kills >= 1
     assert any(op.op == "neps_next" for op in result.ops)
+    assert result.kills >= 1
+    if impl.startswith("neps_state"):
+        result.assert_consistent()
+        return
+    # NePS's own state may show its known defects (its creation races its readers, D2,
+    # and rewrites its optimizer state in place, D3): true findings, named. Anything
+    # else would be a false alarm of the harness.
+    false = [p for p in result.problems() if not named(p)]
+    assert not false, "\n".join(false)
 
 
 def test_a_swarm_of_nepss_worker_loop_catches_a_report_that_loses_errors(tmp_path: Path) -> None:
