@@ -31,3 +31,8 @@ def finding(defect: str, detail: str) -> AssertionError:
 def named(text: str) -> list[str]:
     """The defects a failure message names."""
     return [d for d in DEFECTS if f"{d} (" in text]
+
+
+def unexplained(problems: list[str]) -> list[str]:
+    """The problems that name no known defect: on an implementation that has some, false alarms."""
+    return [p for p in problems if not named(p)]

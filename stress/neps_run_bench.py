@@ -112,11 +112,29 @@ class Timer:
                 self.local.excluded += spent
 
 
-def _instrument(timer: Timer, state_cls: type, repo_cls: type, locker_cls: type) -> None:
+def _instrument(timer: Timer, state_cls: type) -> None:
+    """Time ``state_cls``'s methods; its repo's and lock's once the first state exists.
+
+    Both states keep their trial repo in ``_trial_repo`` and their lock in
+    ``_trial_lock``, so their classes are read off the first instance.
+    """
     for name in TIMED["state"]:
         setattr(state_cls, name, timer.timed(name, getattr(state_cls, name)))
-    for name in TIMED["repo"]:
-        setattr(repo_cls, name, timer.timed(f"repo.{name}", getattr(repo_cls, name)))
+    init = state_cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(init)
+    def first_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        state_cls.__init__ = init  # type: ignore[misc]
+        repo_cls = type(self._trial_repo)
+        for name in TIMED["repo"]:
+            setattr(repo_cls, name, timer.timed(f"repo.{name}", getattr(repo_cls, name)))
+        _instrument_lock(timer, type(self._trial_lock))
+
+    state_cls.__init__ = first_init  # type: ignore[misc]
+
+
+def _instrument_lock(timer: Timer, locker_cls: type) -> None:
     lock = getattr(locker_cls, "lock")  # noqa: B009 - either state's locker class
 
     @contextlib.contextmanager
@@ -164,19 +182,14 @@ def worker(root: str, total: int, reference: bool, out: str) -> None:
 
     if reference:
         import neps_state  # noqa: PLC0415
-        from neps_state import _locks  # noqa: PLC0415
-        from neps_state._neps import _BoundRuntimeRepo  # noqa: PLC0415
 
-        cls = neps_state.patch_neps()
-        repo_cls: type = _BoundRuntimeRepo
-        locker: type = _locks.FileLocker
+        cls: type = neps_state.patch_neps()
     else:
-        from neps.state import filebased  # noqa: PLC0415
-        from neps.state import neps_state as nstate  # noqa: PLC0415
+        from neps.state import NePSState  # noqa: PLC0415
 
-        cls, repo_cls, locker = nstate.NePSState, nstate.TrialRepo, filebased.FileLocker
+        cls = NePSState
     timer = Timer()
-    _instrument(timer, cls, repo_cls, locker)
+    _instrument(timer, cls)
     new = neps.runtime.DefaultWorker.new.__func__
 
     def timed_new(klass: Any, /, **kwargs: Any) -> Any:
@@ -298,7 +311,7 @@ def one_run(directory: Path, n: int, evals: int, reference: bool, tag: str) -> d
 def _judge(root: Path, n: int, evals: int) -> dict[str, Any]:
     """Lost and duplicated evaluations, and the checker's violations, of a finished run."""
     from neps_state import NePSState, Settings  # noqa: PLC0415
-    from pytest_neps._checker import check_run_dir  # noqa: PLC0415
+    from pytest_neps import check_run_dir  # noqa: PLC0415
 
     violations = [str(v) for v in check_run_dir(root)]
     log = Path(f"{root}.evaluations")
@@ -380,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(runs: list[dict[str, Any]], sizes: list[int], command: str, directory: Path) -> str:
     """The report: per size and state, the medians; the ratio; what went wrong."""
+    from pytest_neps.bench import machine_info  # noqa: PLC0415
     from pytest_neps.bench._report import machine_line  # noqa: PLC0415
-    from pytest_neps.bench._run import machine_info  # noqa: PLC0415
 
     lines = [
         "# `neps.run` on NePS's own state and on the reference",

@@ -30,7 +30,7 @@ from neps_state import (
 )
 from pytest_neps._checker import check_run_dir
 from pytest_neps._swarm import run_swarm
-from pytest_neps.defects import named
+from pytest_neps.defects import unexplained
 
 neps = pytest.importorskip(
     "neps", reason="upstream NePS is not installed: pip install 'neps-state[neps]' (see README)"
@@ -302,7 +302,7 @@ def test_a_swarm_runs_nepss_worker_loop_with_kills(
     # NePS's own state may show its known defects (its creation races its readers, D2,
     # and rewrites its optimizer state in place, D3): true findings, named. Anything
     # else would be a false alarm of the harness.
-    false = [p for p in result.problems() if not named(p)]
+    false = unexplained(result.problems())
     assert not false, "\n".join(false)
 
 

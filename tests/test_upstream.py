@@ -15,7 +15,7 @@ import pytest
 from pytest_neps._checker import check_run_dir
 from pytest_neps._impl import state_of
 from pytest_neps._swarm import run_swarm
-from pytest_neps.defects import DEFECTS, named
+from pytest_neps.defects import DEFECTS, named, unexplained
 from pytest_neps.verdict import verdict
 
 pytest.importorskip(
@@ -42,7 +42,7 @@ def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
         evaluation="pytest_neps._evaluate:flaky",
         timeout=300,
     )
-    false = [p for p in result.problems() if not named(p)]
+    false = unexplained(result.problems())
     assert not false, "\n".join(false)
     assert set(named("\n".join(result.problems()))) <= {"D7"}
     assert len(result.trials) == 30
