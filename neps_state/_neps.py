@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from neps_state._optimizer import (
     SeedSnapshot,
     adopt_budget,
 )
+from neps_state._proc import gc_paused
 from neps_state._runtime import RuntimeRepo
 from neps_state._state import NePSState
 from neps_state._trial import MetaData, Report, State, Trial
@@ -157,6 +158,9 @@ def to_neps_trial(trial: Trial) -> Any:
     if report is not None:
         fields = dict(report.__dict__)
         fields["extra"] = dict(report.extra)
+        for key, value in fields.items():
+            if isinstance(value, list):  # a multi-objective value or a learning curve
+                fields[key] = list(value)
         neps_report = _new(c["Report"], fields)
     return _new(
         c["Trial"],
@@ -167,6 +171,67 @@ def to_neps_trial(trial: Trial) -> Any:
             "source": trial.source,
         },
     )
+
+
+_Made = tuple[Trial, dict[str, Any], dict[str, Any] | None, tuple[str, ...], dict[str, Any], Any]
+"""A view trial's conversion: the trial, NePS's metadata and report fields, the
+report's list fields, the config and the source."""
+
+
+class Copies:
+    """NePS's trials made from the view's, each trial converted once per version of it.
+
+    A trial of the view is never mutated (a new version is a new object), so its
+    conversion is kept while the view holds that object. Every call still hands out
+    new objects with new dicts and lists, which the caller may keep and mutate.
+    """
+
+    def __init__(self) -> None:
+        """No trial converted yet."""
+        self._made: dict[str, _Made] = {}
+
+    @staticmethod
+    def _convert(trial: Trial) -> _Made:
+        converted = to_neps_trial(trial)
+        report = converted.report
+        fields = None if report is None else report.__dict__
+        lists = () if fields is None else tuple(k for k, v in fields.items() if isinstance(v, list))
+        return (trial, converted.metadata.__dict__, fields, lists, converted.config, trial.source)
+
+    def hand_out(self, trials: Iterable[tuple[str, Trial]], *, complete: bool) -> dict[str, Any]:
+        """New NePS trials for ``trials`` (``complete``: the whole view, so forget the rest)."""
+        c = _classes()
+        trial_cls, meta_cls, report_cls = c["Trial"], c["MetaData"], c["Report"]
+        new = object.__new__
+        made = self._made
+        kept: dict[str, _Made] = {} if complete else made
+        out: dict[str, Any] = {}
+        for tid, trial in trials:
+            entry = made.get(tid)
+            if entry is None or entry[0] is not trial:
+                entry = self._convert(trial)
+            kept[tid] = entry
+            _, meta, fields, lists, config, source = entry
+            metadata = new(meta_cls)
+            metadata.__dict__ = meta.copy()
+            report = None
+            if fields is not None:
+                report = new(report_cls)
+                copied = fields.copy()
+                copied["extra"] = dict(copied["extra"])
+                for key in lists:
+                    copied[key] = list(copied[key])
+                report.__dict__ = copied
+            neps_trial = new(trial_cls)
+            neps_trial.__dict__ = {
+                "config": config.copy(),
+                "metadata": metadata,
+                "report": report,
+                "source": source,
+            }
+            out[tid] = neps_trial
+        self._made = kept
+        return out
 
 
 def from_neps_trial(trial: Any) -> Trial:
@@ -322,9 +387,14 @@ class _Boundary(NePSState):
         """As ``NePSState``'s."""
         super().__init__(*args, **kwargs)
         self._trial_repo = _BoundRuntimeRepo(self)
+        self._copies = Copies()
 
     def _out(self, trial: Trial) -> Any:
         return to_neps_trial(trial)
+
+    def _out_all(self, trials: Iterable[tuple[str, Trial]], *, complete: bool) -> dict[str, Any]:
+        with gc_paused():
+            return self._copies.hand_out(trials, complete=complete)
 
     def _hand(self, trial: Trial) -> Any:
         return to_neps_trial(trial)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neps_state._proc import gc_paused
 from neps_state._trialfiles import TrialWriteHint, list_trial_ids, read_trial
 
 if TYPE_CHECKING:
@@ -78,9 +77,7 @@ class RuntimeRepo:
         with state._trials():  # noqa: SLF001
             repo = state._repo  # noqa: SLF001
             repo.sync()
-            out = state._out  # noqa: SLF001
-            with gc_paused():
-                return {tid: out(t) for tid, t in repo.view.items()}
+            return state._out_all(repo.view.items(), complete=True)  # noqa: SLF001
 
     def list_trial_ids(self) -> list[str]:
         """The ids of the trial folders on disk."""

@@ -8,7 +8,7 @@ import os
 import pickle
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, overload
@@ -48,7 +48,7 @@ from neps_state._optimizer import (
     adopt_state,
     state_file_bytes,
 )
-from neps_state._proc import pid
+from neps_state._proc import gc_paused, pid
 from neps_state._repo import PreparedUpdate, Repair, TrialRepo
 from neps_state._runtime import RuntimeRepo, SampleStash, valid_evaluated
 from neps_state._settings import Settings
@@ -187,6 +187,12 @@ class NePSState:
     def _out(self, trial: Trial) -> Trial:
         """A trial of the view as handed to a caller (a copy the caller may mutate)."""
         return trial.clone()
+
+    def _out_all(self, trials: Iterable[tuple[str, Trial]], *, complete: bool) -> dict[str, Any]:
+        """Trials of the view by id, as handed to a caller (``complete``: the whole view)."""
+        del complete
+        with gc_paused():
+            return {tid: self._out(t) for tid, t in trials}
 
     def _hand(self, trial: Trial) -> Trial:
         """A trial the caller already owns (made for it) as handed over."""
@@ -971,4 +977,4 @@ class NePSState:
         """``_trial_repo.get_valid_evaluated_trials``: trials with a usable objective."""
         with self._trials():
             self._repo.sync()
-            return {tid: self._out(t) for tid, t in valid_evaluated(self._repo.view)}
+            return self._out_all(valid_evaluated(self._repo.view), complete=False)

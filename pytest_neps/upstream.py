@@ -233,8 +233,20 @@ class NePSOptimizer:
         space = convert_to_space(space)
         if kind == "neps" and not isinstance(space, neps_space.PipelineSpace):
             space = neps_space.convert_classic_to_neps_search_space(space)
+        if self.name == "neps_local_and_incumbent":
+            choice[1].setdefault("local_prior", _prior_config(space))
         ask, _ = load_optimizer(choice, space)
         return ask
+
+
+def _prior_config(space: Any) -> dict[str, Any]:
+    """The space's priors as a config in NePS's own keys (a local prior, as a user gives it)."""
+    from neps.space.neps_spaces import neps_space, sampling  # noqa: PLC0415
+
+    sampler = sampling.PriorOrFallbackSampler(sampling.RandomSampler({}), always_use_prior=True)
+    highest = {name: f.upper for name, f in space.fidelity_attrs.items()}
+    _, context = neps_space.resolve(space, domain_sampler=sampler, environment_values=highest)
+    return dict(neps_space.NepsCompatConverter.to_neps_config(context))
 
 
 _ASKS: dict[tuple[str, str, str], Any] = {}
@@ -256,14 +268,12 @@ def neps_optimizer(
         space = DEFAULT_SPACE if name in _PRIORS else _without_priors(DEFAULT_SPACE)
     if name in _NO_FIDELITY and any(s.get("fidelity") for s in space.values()):
         kwargs.setdefault("ignore_fidelity", "highest_fidelity")
-    if name == "neps_local_and_incumbent":
-        # Its local prior is the user's: the middle of the default space, here.
-        kwargs.setdefault("local_prior", {"learning_rate": 1e-3, "layers": 3, "optimizer": "adam"})
     return NePSOptimizer(name, space, kwargs)
 
 
 _NO_FIDELITY = frozenset(
     {
+        "neps_regularized_evolution",
         "random_search",
         "bayesian_optimization",
         "grid_search",
@@ -273,8 +283,9 @@ _NO_FIDELITY = frozenset(
     }
 )
 """NePS's optimizers that refuse a fidelity: they sample it at its highest here."""
-_PRIORS = frozenset({"priorband", "pibo", "primo", "neps_priorband"})
-"""NePS's optimizers built on priors: the default space keeps its priors for them only."""
+_PRIORS = frozenset({"priorband", "pibo", "primo", "neps_priorband", "neps_local_and_incumbent"})
+"""NePS's optimizers built on priors: the default space keeps its priors for them only
+(``neps_local_and_incumbent``'s local prior is the space's priors, unless given)."""
 
 
 def _without_priors(space: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

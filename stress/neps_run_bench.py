@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class Timer:
         self.wait_s = 0.0
         self.ask_s = 0.0
         self.calls: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
 
     def depth(self) -> int:
         """How many timed calls this thread is inside."""
@@ -91,7 +92,9 @@ class Timer:
             finally:
                 self.local.depth -= 1
                 if outer:
-                    self.state_s += time.perf_counter() - start - self.local.excluded
+                    spent = time.perf_counter() - start - self.local.excluded
+                    self.state_s += spent
+                    self.seconds[name] += spent
                     self.calls[name] += 1
 
         return call
@@ -149,7 +152,10 @@ def _instrument_lock(timer: Timer, locker_cls: type) -> None:
             start = time.perf_counter()
             cm.__exit__(None, None, None)
             if timer.depth() == 0:
-                timer.state_s += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                timer.state_s += spent
+                timer.seconds["lock release"] += spent
+                timer.calls["lock release"] += 1
 
     setattr(locker_cls, "lock", timed_lock)  # noqa: B010
 
@@ -216,6 +222,7 @@ def worker(root: str, total: int, reference: bool, out: str) -> None:
         "wait_s": timer.wait_s,
         "ask_s": timer.ask_s,
         "calls": dict(timer.calls),
+        "seconds": dict(timer.seconds),
     }
     Path(out).write_text(json.dumps(result))
 
@@ -303,6 +310,7 @@ def one_run(directory: Path, n: int, evals: int, reference: bool, tag: str) -> d
         "wait_s": sum(f["wait_s"] for f in figures),
         "ask_s": sum(f["ask_s"] for f in figures),
         "calls": dict(sum((Counter(f["calls"]) for f in figures), Counter())),
+        "seconds": dict(sum((Counter(f["seconds"]) for f in figures), Counter())),
         "worker_failures": failures,
         **_judge(root, n, evals),
     }
@@ -431,11 +439,35 @@ def render(runs: list[dict[str, Any]], sizes: list[int], command: str, directory
     target = ratios[-1][1] <= 0.1 if ratios and ratios[-1][0] >= 10_000 else None
     verdict = {True: "met", False: "MISSED", None: "not measured (no 10,000-trial size)"}[target]
     lines += ["", f"Target (reference at most 0.1x NePS at 10,000 trials): {verdict}", ""]
+    if sizes:
+        lines += breakdown(runs, sizes[-1])
     failures = [(r["state"], r["n"], f) for r in runs for f in r["worker_failures"]]
     if failures:
         lines += ["Workers that died (on NePS's state, a finding; on the reference, a failure):"]
         lines += ["", *(f"- {s}, {n:,} trials: {_last_frame(f)}" for s, n, f in failures), ""]
     return "\n".join(lines)
+
+
+def breakdown(runs: list[dict[str, Any]], n: int) -> list[str]:
+    """Where the overhead goes at ``n`` trials: ms per evaluation and calls, per state call."""
+    lines = [f"Where the overhead goes at {n:,} trials (ms per evaluation, calls per evaluation):"]
+    lines += ["", "| call | neps ms | neps calls | reference ms | reference calls |"]
+    lines.append("|---|---|---|---|---|")
+    per: dict[str, dict[str, tuple[float, float]]] = {}
+    for state in ("neps", "reference"):
+        rs = [r for r in runs if r["n"] == n and r["state"] == state]
+        evals = sum(r["evaluated"] for r in rs) or 1
+        for r in rs:
+            for name, spent in r.get("seconds", {}).items():
+                ms, calls = per.setdefault(name, {}).get(state, (0.0, 0.0))
+                made = r["calls"].get(name, 0) / evals
+                per[name][state] = (ms + 1000 * spent / evals, calls + made)
+    order = sorted(per, key=lambda k: -max(v[0] for v in per[k].values()))
+    for name in order:
+        cells = [per[name].get(state, (0.0, 0.0)) for state in ("neps", "reference")]
+        row = " | ".join(f"{ms:.2f} | {calls:.2f}" for ms, calls in cells)
+        lines.append(f"| {name} | {row} |")
+    return [*lines, ""]
 
 
 def _last_frame(stderr: str) -> str:

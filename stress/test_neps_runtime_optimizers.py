@@ -24,10 +24,19 @@ algorithms = pytest.importorskip(
 OPTIMIZERS = sorted(algorithms.PredefinedOptimizers)
 MULTI_OBJECTIVE = {"mo_hyperband", "moasha", "primo"}
 TRIALS = 40
+PRIMO_IDS = (
+    "NePS's primo takes its next trial id from reported trials at the highest fidelity only"
+    " (neps/optimizers/primo.py, nxt_id), so with several workers it proposes the id of a"
+    " trial another worker is still evaluating; NePS's runtime then raises RuntimeError"
+)
+
+
+def _marks(name: str) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.xfail(reason=PRIMO_IDS, strict=True)] if name == "primo" else []
 
 
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in OPTIMIZERS])
 def test_every_predefined_optimizer_in_nepss_worker_loop(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

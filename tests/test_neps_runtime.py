@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from neps_test_helpers import tree_digest
@@ -28,7 +29,9 @@ from neps_state import (
     patch_neps,
     unpatch_neps,
 )
+from neps_state._neps import NePSBoundState, to_neps_trial
 from pytest_neps._checker import check_run_dir
+from pytest_neps._ops import Imported
 from pytest_neps._swarm import run_swarm
 from pytest_neps.defects import unexplained
 
@@ -338,3 +341,71 @@ def test_a_report_of_a_trial_that_is_not_evaluating_is_refused(
     with pytest.raises(neps.exceptions.NePSError, match="not being evaluated"):
         state.lock_and_report_trial_evaluation(pending, report, worker_id="w")
     assert tree_digest(root) == before
+
+
+def _vandalize(trials: dict[str, Any]) -> None:
+    """Mutate every part of every trial that a caller can reach."""
+    for trial in trials.values():
+        trial.config["x"] = "vandalized"
+        trial.metadata.state = neps.state.Trial.State.CORRUPTED
+        if trial.report is not None:
+            trial.report.extra["vandal"] = 1
+            trial.report.cost = -1.0
+            if isinstance(trial.report.objective_to_minimize, list):
+                trial.report.objective_to_minimize.append(99.0)
+
+
+def _fingerprint(trials: dict[str, Any]) -> dict[str, str]:
+    return {tid: repr((t.config, t.metadata, t.report)) for tid, t in trials.items()}
+
+
+def leaked_mutations(state: Any) -> list[str]:
+    """Where the trials a caller mutated came back mutated (nothing: every call copies)."""
+    repo = state._trial_repo
+    pristine = _fingerprint(repo.latest())
+    problems = []
+    for name in ("latest", "get_valid_evaluated_trials"):
+        read = getattr(repo, name)
+        first, second = read(), read()
+        _vandalize(first)
+        for label, got in (("a later call", read()), ("an earlier call", second)):
+            seen = _fingerprint(got)
+            if seen != {tid: pristine[tid] for tid in seen}:
+                problems.append(f"{name}: {label} handed out a caller's mutations")
+    return problems
+
+
+def _a_run_with_a_multi_objective_trial(root: Path, cls: type) -> Any:
+    assert_ran(workers(root, 1, "--evaluations", "3"))
+    state = cls.create_or_load(root, load_only=True)
+    result = {"objective_to_minimize": [0.1, 0.2], "cost": 1.0}
+    state.lock_and_import_trials([Imported("mo", {"x": 0.5}, result)], worker_id="ext")
+    return state
+
+
+def test_handed_out_trials_are_copies_a_caller_may_mutate(
+    tmp_path: Path, neps_patched_state: type
+) -> None:
+    state = _a_run_with_a_multi_objective_trial(tmp_path / "run", neps_patched_state)
+    valid = state._trial_repo.get_valid_evaluated_trials()
+    assert valid["mo"].report.objective_to_minimize == [0.1, 0.2]
+    assert leaked_mutations(state) == []
+    before = state._trial_repo.latest()["1"]
+    state.lock_and_reset_trial_by_id("1")  # a new version of a trial handed out before
+    after = state._trial_repo.latest()["1"]
+    assert (str(before.metadata.state), str(after.metadata.state)) == ("success", "pending")
+    assert after.report is None
+    assert "1" not in state._trial_repo.get_valid_evaluated_trials()
+
+
+def test_handing_out_shared_trials_is_caught(tmp_path: Path) -> None:
+    class SharedTrials(NePSBoundState):  # type: ignore[misc, valid-type]
+        """Negative control: converts each trial once and hands the same object out again."""
+
+        def _out_all(self, trials: Any, *, complete: bool) -> dict[str, Any]:
+            del complete
+            made = self.__dict__.setdefault("made", {})
+            return {tid: made.setdefault((tid, id(t)), to_neps_trial(t)) for tid, t in trials}
+
+    state = _a_run_with_a_multi_objective_trial(tmp_path / "run", SharedTrials)
+    assert len(leaked_mutations(state)) == 4
