@@ -93,7 +93,9 @@ def assert_ran(done: list[subprocess.CompletedProcess[str]]) -> None:
 
 def test_a_users_script_with_four_workers_runs_on_the_reference(tmp_path: Path) -> None:
     root = tmp_path / "run"
-    assert_ran(workers(root, 4, "--evaluations", "24"))
+    # Evaluations that take a while, so that no worker can finish the budget alone
+    # before the others have started (each imports torch first).
+    assert_ran(workers(root, 4, "--evaluations", "24", "--seconds", "0.5"))
     assert (root / "configs" / ".trial_cache.journal").is_file()  # the reference's record
     ran = evaluations(root)
     assert sorted(int(e["id"]) for e in ran) == list(range(1, 25))  # each once, none lost

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import neps
@@ -30,6 +31,7 @@ class Space(neps.PipelineSpace):
 
 
 LOG: Path | None = None
+SECONDS = 0.0
 
 
 def evaluate(pipeline_id: str, lr: float, units: int) -> float:
@@ -41,6 +43,7 @@ def evaluate(pipeline_id: str, lr: float, units: int) -> float:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+    time.sleep(SECONDS)  # the training an evaluation stands for
     if units % 7 == 0:
         raise RuntimeError(f"units={units} is unlucky")
     return (np.log10(lr) + 2) ** 2 + (units - 32) ** 2 / 1000
@@ -48,13 +51,14 @@ def evaluate(pipeline_id: str, lr: float, units: int) -> float:
 
 def main() -> None:
     """Run one worker."""
-    global LOG  # noqa: PLW0603 - the script's own log, set once
+    global LOG, SECONDS  # noqa: PLW0603 - the script's own settings, set once
     parser = argparse.ArgumentParser()
     parser.add_argument("root")
     parser.add_argument("--optimizer", default="random_search")
     parser.add_argument("--evaluations", type=int, default=12)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--native", action="store_true")
+    parser.add_argument("--seconds", type=float, default=0.0, help="each evaluation's sleep")
     args = parser.parse_args()
     if not args.native:
         import neps_state  # noqa: PLC0415 - the one line a user adds
@@ -65,6 +69,7 @@ def main() -> None:
         np.random.seed(args.seed)  # noqa: NPY002 - NePS snapshots the global generators
         torch.manual_seed(args.seed)
     LOG = Path(f"{args.root}.evaluations.jsonl")
+    SECONDS = args.seconds
     neps.run(
         evaluate_pipeline=evaluate,
         pipeline_space=Space(),
