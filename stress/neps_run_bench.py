@@ -458,7 +458,7 @@ def breakdown(runs: list[dict[str, Any]], n: int) -> list[str]:
         rs = [r for r in runs if r["n"] == n and r["state"] == state]
         evals = sum(r["evaluated"] for r in rs) or 1
         for r in rs:
-            for name, spent in r.get("seconds", {}).items():
+            for name, spent in r["seconds"].items():
                 ms, calls = per.setdefault(name, {}).get(state, (0.0, 0.0))
                 made = r["calls"].get(name, 0) / evals
                 per[name][state] = (ms + 1000 * spent / evals, calls + made)
