@@ -395,7 +395,9 @@ def test_handed_out_trials_are_copies_a_caller_may_mutate(
     before = state._trial_repo.latest()["1"]
     state.lock_and_reset_trial_by_id("1")  # a new version of a trial handed out before
     after = state._trial_repo.latest()["1"]
-    assert (str(before.metadata.state), str(after.metadata.state)) == ("success", "pending")
+    # (Trial 1 succeeded or crashed: the script fails one config in seven.)
+    assert str(before.metadata.state) in {"success", "crashed"}
+    assert str(after.metadata.state) == "pending"
     assert after.report is None
     assert "1" not in state._trial_repo.get_valid_evaluated_trials()
 
