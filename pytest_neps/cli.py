@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -44,8 +45,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        fill = super()._fill_text
-        return "\n".join(fill(line, width, indent + _indent(line)) for line in text.splitlines())
+        return "\n".join(
+            _wrap(line, width, indent + _indent(line), fill=True) for line in text.splitlines()
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return _wrap(text, width, "", fill=False).splitlines()
+
+
+def _wrap(text: str, width: int, indent: str, *, fill: bool) -> str:
+    """Wrap at spaces only: a path or a name with a hyphen stays whole (copyable)."""
+    lines = textwrap.wrap(
+        " ".join(text.split()),
+        width,
+        initial_indent=indent if fill else "",
+        subsequent_indent=indent if fill else "",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    return "\n".join(lines)
 
 
 def _indent(line: str) -> str:

@@ -288,3 +288,17 @@ def test_conformance_says_when_pytest_cannot_run(
     err = capsys.readouterr().err
     assert "did not run the suite" in err
     assert "No module named pytest" in err
+
+
+def test_help_never_breaks_a_path_at_its_hyphens(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse wraps at hyphens by default: a venv under ".../my-project/" came out as
+    # "my-" and "project/..." on two lines, which no one can copy (and the test above missed)
+    python = "/home/someone/work/a-rather-long-checkout-path/my-project/.venv/bin/python3"
+    monkeypatch.setattr(sys, "executable", python)
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["conformance", "--help"])
+    out = capsys.readouterr().out
+    assert f"{python})" in out.split(), out
