@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import pickle
 import secrets
 from collections.abc import Iterable
@@ -117,6 +118,22 @@ class Repair:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.action}"
+
+
+def summarize(repairs: list[Repair], root: Path) -> str:
+    """One line for many repairs: each kind of change once, with its number of files."""
+    kinds: dict[str, list[Repair]] = {}
+    for repair in repairs:
+        kinds.setdefault(re.sub(r" to \S+$", "", repair.action.split(":")[0]), []).append(repair)
+    parts = []
+    for kind, group in kinds.items():
+        if len(group) == 1:
+            [one] = group
+            where = one.path.relative_to(root) if one.path.is_relative_to(root) else one.path
+            parts.append(f"{where}: {one.action}")
+        else:
+            parts.append(f"{len(group)} files {kind}")
+    return "; ".join(parts)
 
 
 def _own_copy(trial: Trial) -> Trial:
@@ -510,7 +527,7 @@ class TrialRepo:
             self._clean_leftovers()
             self._intent.clear()
         for repair in repairs:
-            logger.warning("Recovering %s: %s", self.directory.parent, repair)
+            logger.debug("Recovering %s: %s", self.directory.parent, repair)
         return repairs
 
     def _recover_journal(self, repairs: list[Repair], *, dry_run: bool, salvage: bool) -> None:

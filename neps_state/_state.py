@@ -49,7 +49,7 @@ from neps_state._optimizer import (
     state_file_bytes,
 )
 from neps_state._proc import gc_paused, pid
-from neps_state._repo import PreparedUpdate, Repair, TrialRepo
+from neps_state._repo import PreparedUpdate, Repair, TrialRepo, summarize
 from neps_state._runtime import RuntimeRepo, SampleStash, valid_evaluated
 from neps_state._settings import Settings
 from neps_state._spare import SpareFile, sweep
@@ -361,6 +361,12 @@ class NePSState:
         self._read_optimizer_info()
         if not dry_run:
             record_checked(self.path / CONFIGS_DIR, boot)
+            if repairs:
+                logger.warning(
+                    "Recovered %s after a reboot, from its journal: %s (each file at debug level)",
+                    self.path,
+                    summarize(repairs, self.path),
+                )
         return repairs
 
     def _recover_optimizer_state(self, *, dry_run: bool) -> list[Repair]:

@@ -170,6 +170,32 @@ def test_a_new_boot_rebuilds_what_a_power_loss_emptied(run_dir: Path, new_boot: 
     assert not check_run_dir(run_dir)
 
 
+def test_a_recovery_logs_one_warning_saying_what_it_rebuilt(
+    run_dir: Path, new_boot: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 300 trials whose files a power loss emptied: one warning line for the whole
+    # recovery (what, how many files, from what), the per-file detail at debug level
+    state = make_state(run_dir, settings=FSYNC)
+    for _ in range(30):
+        state.lock_and_sample_trial(random_search, worker_id="w1", n=10)
+    trials = state.lock_and_read_trials()
+    files = len(list((run_dir / "configs").glob("config_*/*")))
+    lose_unsynced_data(run_dir)
+    new_boot()  # type: ignore[operator]
+    with caplog.at_level(logging.DEBUG, logger="neps_state"):
+        again = NePSState.create_or_load(run_dir, load_only=True, settings=FSYNC)
+        assert again.lock_and_read_trials() == trials
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    [line] = [r.getMessage() for r in warnings]
+    assert str(run_dir) in line
+    assert f"{files + 1} files rewritten from the journal" in line, line
+    assert "cut 6 bytes" in line, line
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) >= files + 1
+    assert not check_run_dir(run_dir)
+
+
 def test_the_same_boot_does_not_look_and_the_checker_and_repair_do(
     run_dir: Path, new_boot: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
