@@ -26,8 +26,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import pickle
+import re
 import secrets
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
