@@ -64,6 +64,7 @@ from neps_state._io import (
 )
 from neps_state._journal import HEADER_SIZE, MAGIC, Journal, ReadResult
 from neps_state._optimizer import adopt_state, state_file_bytes
+from neps_state._owners import mark_claims
 from neps_state._proc import gc_paused, pid, unique
 from neps_state._records import Record, decode, encode
 from neps_state._settings import Settings
@@ -724,6 +725,7 @@ class TrialRepo:
         payload = encode(Record([p[0] for p in prepared], optimizer_state=optimizer_state))
         intent = self._begin("store", tuple(seen))
         try:
+            mark_claims(self.directory, [p[0] for p in prepared])
             staged = [(self._fill_spare(files), path, files) for _, path, files in prepared]
             fault_point("store.staged")
             for staging, path, files in staged:
@@ -800,6 +802,7 @@ class TrialRepo:
             payload = encode(record)
             intent = self._begin("update", (new.id,), errors_size=size, error_line=line)
             try:
+                mark_claims(self.directory, [new], old)
                 self._write_files(path, files, temps)
                 fault_point("update.files_written")
                 self._journal.append(payload)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neps_state._owners import release_dead
 from neps_state._trialfiles import TrialWriteHint, list_trial_ids, read_trial
 
 if TYPE_CHECKING:
@@ -74,8 +75,13 @@ class RuntimeRepo:
         """Every trial, as copies the caller may keep and mutate."""
         del create_cache_if_missing  # the journal is never missing: it is rebuilt if lost
         state = self._state
+        # Holding both locks, NePS's worker reads the trials to pick its next one:
+        # there, as in a claim, the trials of dead workers are taken back first.
+        picking = state._optimizer_lock.held and state._trial_lock.held  # noqa: SLF001
         with state._trials():  # noqa: SLF001
             repo = state._repo  # noqa: SLF001
+            if picking:
+                release_dead(repo, state.settings.dead_worker_trials)
             repo.sync()
             return state._out_all(repo.view.items(), complete=True)  # noqa: SLF001
 

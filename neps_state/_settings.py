@@ -2,15 +2,17 @@
 
 Environment variables are read by :meth:`Settings.from_env`, never at import:
 
-================================  ============================================
-``NEPS_STATE_LOCK_TIMEOUT``       seconds to wait for a lock; ``none`` waits forever
-``NEPS_STATE_CONSOLIDATION_LIMIT``  records appended before the cache is rewritten
-``NEPS_STATE_CONSOLIDATION_RATIO``  ... and at least this many per trial
-``NEPS_STATE_DURABILITY``         ``fsync`` (every commit on disk) or ``os``
-``NEPS_STATE_PICKLE_ALLOW``       ``module.name`` or ``module.*``, comma-separated:
-                                  more globals a pickle may name
-``NEPS_STATE_STRICT_PERMISSIONS`` ``1``: refuse a run others can write or own
-================================  ============================================
+====================================  ============================================
+``NEPS_STATE_LOCK_TIMEOUT``           seconds to wait for a lock; ``none`` waits forever
+``NEPS_STATE_CONSOLIDATION_LIMIT``    records appended before the cache is rewritten
+``NEPS_STATE_CONSOLIDATION_RATIO``    ... and at least this many per trial
+``NEPS_STATE_DURABILITY``             ``fsync`` (every commit on disk) or ``os``
+``NEPS_STATE_PICKLE_ALLOW``           ``module.name`` or ``module.*``, comma-separated:
+                                      more globals a pickle may name
+``NEPS_STATE_STRICT_PERMISSIONS``     ``1``: refuse a run others can write or own
+``NEPS_STATE_DEAD_WORKER_TRIALS``     ``pending``, ``crashed`` or ``keep``: what
+                                      becomes of a dead worker's trial
+====================================  ============================================
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal
 from neps_state._errors import SettingsError
 
 Durability = Literal["fsync", "os"]
+DeadWorkerTrials = Literal["pending", "crashed", "keep"]
 
 ENV_PREFIX = "NEPS_STATE_"
 LOCK_TIMEOUT_ENV = ENV_PREFIX + "LOCK_TIMEOUT"
@@ -52,6 +55,11 @@ class Settings:
     """Globals (``module.name`` or ``module.*``) the optimizer state's pickle may name,
     beyond the built-in allowlist (see ``neps_state._pickles``). Only for files you trust."""
 
+    dead_worker_trials: DeadWorkerTrials = "pending"
+    """What a claim does first with the trials of worker processes that provably died
+    evaluating them (``neps_state._owners``): ``pending``, claimed again; ``crashed``,
+    reported crashed; ``keep``, left evaluating (NePS's own behaviour)."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             problem = _problem(f.name, getattr(self, f.name))
@@ -74,6 +82,7 @@ class Settings:
             "durability": str.lower,
             "pickle_allow": _names,
             "strict_permissions": _flag,
+            "dead_worker_trials": str.lower,
         }
         values: dict[str, object] = {}
         for field in fields(cls):
@@ -104,6 +113,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "durability": (lambda v: v in ("fsync", "os"), "must be 'fsync' or 'os'"),
     "strict_permissions": (lambda v: isinstance(v, bool), "must be True or False"),
+    "dead_worker_trials": (
+        lambda v: v in ("pending", "crashed", "keep"),
+        "must be 'pending', 'crashed' or 'keep'",
+    ),
     "pickle_allow": (
         lambda v: isinstance(v, tuple) and all(isinstance(x, str) and "." in x for x in v),
         "must be a tuple of 'module.name' or 'module.*' strings",

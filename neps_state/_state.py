@@ -48,6 +48,7 @@ from neps_state._optimizer import (
     adopt_state,
     state_file_bytes,
 )
+from neps_state._owners import is_dead, release_dead
 from neps_state._proc import gc_paused, pid
 from neps_state._repo import PreparedUpdate, Repair, TrialRepo, summarize
 from neps_state._runtime import RuntimeRepo, SampleStash, valid_evaluated
@@ -755,12 +756,14 @@ class NePSState:
         """Take the earliest pending trial and mark it evaluating, in one critical section."""
         self._ensure_checked()
         repo = self._repo
-        if repo.peek() and not repo.view.count(State.PENDING):
-            # Nothing pending among the committed trials at this instant: a correct
-            # answer without the lock (the busy path of every idle worker).
+        if repo.peek() and not repo.view.count(State.PENDING) and not self._any_dead():
+            # Nothing pending among the committed trials at this instant, and no
+            # trial of a dead worker to take back: a correct answer without the lock
+            # (the busy path of every idle worker).
             return None
         with self._trials():
             self._repo.sync()
+            release_dead(self._repo, self.settings.dead_worker_trials)
             pending = self._repo.view.earliest_pending(1)
             if not pending:
                 return None
@@ -768,6 +771,27 @@ class NePSState:
             trial.set_evaluating(time_started=time.time(), worker_id=worker_id)
             self._repo.update_trial(trial, hints="metadata")
             return self._hand(trial)
+
+    def _any_dead(self) -> bool:
+        """Whether an evaluating trial of the view was claimed by a process now dead."""
+        if self.settings.dead_worker_trials == "keep":
+            return False
+        view = self._repo.view
+        configs = self._repo.directory
+        return any(
+            is_dead(configs, tid, view[tid].metadata.time_started)
+            for tid in view.ids_in(State.EVALUATING)
+        )
+
+    def lock_and_release_dead_workers_trials(self) -> list[str]:
+        """Return the evaluating trials of provably dead worker processes now; their ids.
+
+        Each becomes pending (or crashed, per ``Settings.dead_worker_trials``) in one
+        journaled commit. Claims do this first on their own (``neps_state._owners``).
+        """
+        self._ensure_checked()
+        with self._trials():
+            return release_dead(self._repo, self.settings.dead_worker_trials)
 
     def lock_and_report_trial_evaluation(
         self, trial: Trial, report: Report, *, worker_id: str

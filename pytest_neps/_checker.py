@@ -11,6 +11,7 @@ directories that NePS wrote. Every problem, a file that cannot be read included,
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter, defaultdict
@@ -366,16 +367,42 @@ def check_histories(
                     detail = f"{op} but the trial is {final.metadata.state.value}"
                     out.append(Violation("no acknowledged op lost", where, detail))
                 errored[tid] += op.result in ("failed", "crashed")
-    out += _claim_violations(where, trials, claims)
+    out += _claim_violations(where, trials, claims, histories)
     out += _error_count_violations(where, errors, errored, histories)
     return out
 
 
+def _taken_back(tid: str, ops: list[Op], histories: Sequence[Op]) -> bool:
+    """Whether each claim of ``tid`` but the last was its worker's last act (it died with it).
+
+    A state may give a dead worker's trial to another worker (the reference does:
+    ``neps_state._owners``). The earlier claimer then never reported it, and did
+    nothing at all after the next claim was acknowledged; a live worker reports.
+    """
+    last: dict[str, int] = {}
+    reported = set()
+    for op in histories:
+        last[op.worker] = max(last.get(op.worker, 0), op.end_ns or op.start_ns)
+        if op.op == "report" and op.completed and tid in op.trials:
+            reported.add(op.worker)  # (a report killed in flight may not have committed)
+    chain = sorted(ops, key=lambda op: op.start_ns)
+    return all(
+        a.worker != b.worker
+        and a.worker not in reported
+        and b.end_ns is not None
+        and last[a.worker] <= b.end_ns
+        for a, b in itertools.pairwise(chain)
+    )
+
+
 def _claim_violations(
-    where: str, trials: dict[str, Trial], claims: dict[str, list[Op]]
+    where: str, trials: dict[str, Trial], claims: dict[str, list[Op]], histories: Sequence[Op]
 ) -> list[Violation]:
     out = []
-    for tid, ops in claims.items():
+    for tid, all_ops in claims.items():
+        ops = all_ops
+        if len(ops) > 1 and _taken_back(tid, ops, histories):
+            ops = sorted(ops, key=lambda op: op.start_ns)[-1:]
         if len(ops) > 1:
             workers = sorted(op.worker for op in ops)
             detail = f"trial {tid!r} claimed {len(ops)} times, by {workers}"

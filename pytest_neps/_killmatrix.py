@@ -239,12 +239,16 @@ def verify(root: Path, acks_path: Path, settings: Settings, *, swarm_trials: int
     )
     if problems:
         return problems
-    # The killed worker's trial, if it was left evaluating, is reset as a supervisor
-    # would; then a fresh swarm must finish the run.
-    for trial in trials.values():
-        if trial.metadata.state is Trial.State.EVALUATING:
-            trial.reset()
-            state.put_updated_trial(trial)
+    # What the killed worker left evaluating is provably its own, and it is dead: the
+    # state takes all of it back; then a fresh swarm must finish the run.
+    state.lock_and_release_dead_workers_trials()
+    left = [
+        t.id
+        for t in state.lock_and_read_trials().values()
+        if t.metadata.state is Trial.State.EVALUATING
+    ]
+    if left:
+        return [f"trials {left} of the killed worker are still evaluating after a take-back"]
     result = run_swarm(
         run_dir=root, workers=2, trials=len(trials) + swarm_trials, timeout=120, settings=settings
     )

@@ -21,7 +21,15 @@ from neps_state import NePSError
 from pytest_neps._impl import as_impl
 from pytest_neps._pool import Pool
 from pytest_neps.machines import model_machine
-from pytest_neps.races import INFOS, check_consolidation, check_creation, check_race, race_plans
+from pytest_neps.probes import check_batch_order
+from pytest_neps.races import (
+    INFOS,
+    check_claim_storm,
+    check_consolidation,
+    check_creation,
+    check_race,
+    race_plans,
+)
 
 CONTROL = "pytest_neps.controls:"
 
@@ -88,6 +96,19 @@ def consolidation(impl: str, pool: Pool, examples: int, *, shrink: bool = False)
     prop()
 
 
+def claim_storm(impl: str, pool: Pool, examples: int, *, shrink: bool = False) -> None:
+    """The claim storm against ``impl``, ``examples`` storms at most (the first finding ends it)."""
+    del shrink
+    for _ in range(examples):
+        check_claim_storm(as_impl(impl), pool)
+
+
+def batch_order(impl: str, pool: Pool, examples: int, *, shrink: bool = False) -> None:
+    """The batch-order probe against ``impl`` (deterministic: one run says it all)."""
+    del pool, examples, shrink
+    check_batch_order(as_impl(impl))
+
+
 def texts(error: BaseException) -> list[str]:
     """The messages and notes of an error and of every error it groups."""
     out = [str(error), *getattr(error, "__notes__", [])]
@@ -115,8 +136,11 @@ CASES: list[tuple[PropertyRun, str, int]] = [
     (model, "LossyConsolidation", 100),
     (consolidation, "LossyConsolidation", 30),
     (model, "EmptyAfterCacheLoss", 50),
-    (model, "CleanLosesErrors", 100),
+    (model, "CleanLosesErrors", 200),
     (creation, "UnlockedCreate", 150),
+    (model, "StaleConsolidation", 100),
+    (batch_order, "EqualBatchTimes", 1),
+    (claim_storm, "SplitClaim", 1),
 ]
 
 

@@ -167,6 +167,82 @@ class LossyConsolidation(NePSState):
     repo_class = _LossyRepo
 
 
+class _StaleConsolidationRepo(TrialRepo):
+    _consolidating = False
+
+    def sync(self) -> None:
+        if not self._consolidating:
+            super().sync()
+
+    def consolidate(self) -> None:
+        self._consolidating = True  # the snapshot is this handle's view, however old
+        try:
+            super().consolidate()
+        finally:
+            self._consolidating = False
+
+
+class StaleConsolidation(NePSState):
+    """Consolidates from the handle's own view without reading the newest commits first.
+
+    Handle A reads one trial, handle B samples three more, A consolidates: a fresh
+    handle then sees one trial of four (the others' commits are dropped).
+    """
+
+    repo_class = _StaleConsolidationRepo
+
+
+class EqualBatchTimes(NePSState):
+    """Gives every trial of a sampled batch the same time: the proposal order is lost.
+
+    "Earliest sampled" then ties, and the ids' order decides which trial is next.
+    """
+
+    def _new_trials(self, sampled: object, n: int | None, worker_id: str) -> list[_trial.Trial]:
+        trials = super()._new_trials(sampled, n, worker_id)
+        for trial in trials:
+            trial.metadata.time_sampled = trials[0].metadata.time_sampled
+        return trials
+
+
+class SplitClaim(NePSState):
+    """Claims in two critical sections: take the earliest pending trial, then mark it.
+
+    Another worker can take the same trial between the two, and both evaluate it.
+    """
+
+    def lock_and_claim_next_pending_trial(self, worker_id: str) -> _trial.Trial | None:
+        """Take the earliest pending trial (one lock), then mark it evaluating (another)."""
+        trial = self.lock_and_get_next_pending_trial()
+        if trial is None:
+            return None
+        trial.set_evaluating(time_started=time.time(), worker_id=worker_id)
+        self.put_updated_trial(trial, hints="metadata")
+        return trial
+
+
+class TakesBackFromTheLiving(NePSState):
+    """Takes back every trial other workers evaluate, as if each of them had died.
+
+    A live worker's trial goes to another: two workers evaluate it, and the first
+    one's report is refused (the trial is no longer its to report).
+    """
+
+    def _any_dead(self) -> bool:
+        return bool(self._repo.view.count(_trial.State.EVALUATING))
+
+    def lock_and_claim_next_pending_trial(self, worker_id: str) -> _trial.Trial | None:
+        """Reset every evaluating trial, then claim as the reference does."""
+        with self._trials():
+            self._repo.sync()
+            view = self._repo.view
+            for tid in view.ids_in(_trial.State.EVALUATING):
+                trial = view[tid].clone()
+                trial.reset()
+                self._repo.update_trial(trial, hints="metadata")
+        return super().lock_and_claim_next_pending_trial(worker_id)
+
+
 class _AmnesicRepo(TrialRepo):
     def _rebuild(self, reason: str, *, keep_old: bool = False) -> None:
         super()._rebuild(reason, keep_old=keep_old)
@@ -373,6 +449,7 @@ __all__ = [
     "CacheBeforeFolder",
     "CleanLosesErrors",
     "EmptyAfterCacheLoss",
+    "EqualBatchTimes",
     "InPlaceWrites",
     "LossyConsolidation",
     "NoCrashRecovery",
@@ -380,7 +457,10 @@ __all__ = [
     "RereadsEverything",
     "RuntimeReportsLoseErrors",
     "SkipsJournalFsync",
+    "SplitClaim",
     "StaleCacheRead",
+    "StaleConsolidation",
+    "TakesBackFromTheLiving",
     "TornTailBreaksReaders",
     "TrustsDerivedFiles",
     "TwoStepClaim",

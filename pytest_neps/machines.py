@@ -267,6 +267,16 @@ class NePSStateMachine(RuleBasedStateMachine):
         """Force a cache consolidation (where the implementation has one)."""
         self.apply("consolidate", handle, "machine", ())
 
+    @rule(behind=handles, other=handles, n=st.sampled_from([None, 3]))
+    def consolidate_behind(self, behind: Handle, other: Handle, n: int | None) -> None:
+        """Another handle samples, then ``behind`` consolidates before it reads anything.
+
+        The invariant reads through every handle after each step; only inside one
+        step can a handle consolidate without having read the others' newest commits.
+        """
+        self.apply("sample", other, f"sampler{other.number}", (n,))
+        self.apply("consolidate", behind, "machine", ())
+
     @precondition(lambda self: len(self.opened) < MAX_HANDLES)
     @rule(target=handles)
     def open_handle(self) -> Handle:

@@ -12,6 +12,8 @@ Each takes an implementation (``_impl.Impl``) and drawn parameters and fails wit
   trial cache (``configs/.trial_cache*``, NePS's layout) must not hide a trial;
 - :func:`check_crash_inside_sample` (D9): a sample killed before its ``n``-th file
   change (``_fscalls``: no fault hook needed) must leave no trial without its folder;
+- :func:`check_batch_order`: the trials of one sample are claimed in the order the
+  optimizer proposed them, by any handle (not a seed defect: a contract);
 - :func:`check_cost_growth` (D8): a cycle must not cost more at hundreds of
   trials than at a few, timed side by side.
 
@@ -259,6 +261,37 @@ def check_clean_by_id(impl: Impl) -> None:
                     f"after a reset and a removal by id, {who} has error records {errors}"
                     f" (expected those of {ids[1]!r} alone)",
                 )
+
+
+BATCH = ("7", "10", "3")
+"""A batch's ids in the optimizer's order: neither numeric nor string order."""
+
+
+def _batch(trials: Any, budget_info: Any, n: int | None = None) -> Any:
+    del trials, budget_info, n
+    return [SampledConfig(id=tid, config={"i": int(tid)}) for tid in BATCH]
+
+
+def check_batch_order(impl: Impl) -> None:
+    """A batch's trials are claimed in the order the optimizer proposed them.
+
+    One sample of three pending trials (ids 7, 10, 3); the open handle claims one,
+    a new handle the next (after a consolidation where the implementation has one),
+    a third handle the last. Sorting by id, as a tie of their sample times would,
+    gives 10, 3, 7 or 3, 7, 10.
+    """
+    with _run_dir() as root:
+        state = impl.create(root)
+        impl.sample(state, _batch, "sampler", len(BATCH), claim=False)
+        claimed = [impl.claim(state, "w0")]
+        impl.consolidate(state)
+        claimed += [impl.claim(impl.load(root), f"w{k}") for k in (1, 2)]
+        order = tuple(None if t is None else t.id for t in claimed)
+        if order != BATCH:
+            raise AssertionError(
+                f"a batch proposed as {list(BATCH)} was claimed as {list(order)}:"
+                " the order of one sample's trials is lost"
+            )
 
 
 def _sample_killed(impl: Impl, root: Path, nth: int, marker: Path) -> int:

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from neps_state import OptimizerInfo, set_fault_hook
+from neps_state import OptimizerInfo, Settings, set_fault_hook
 from neps_state import _pickles as pickles
 from pytest_neps._checker import check_run_dir
 from pytest_neps._faults import KillAt
@@ -137,7 +138,8 @@ class RaceJob:
 
 def race_worker(job: RaceJob) -> None:
     """One worker's batch (runs in a pool process); a kill plan SIGKILLs it mid-batch."""
-    state = job.impl.load(job.root)
+    # The model has no deaths: a killed worker's trial is left as it is (NePS's way).
+    state = job.impl.load(job.root, Settings(dead_worker_trials="keep"))
     rec = HistoryWriter(job.history, job.worker)
     if job.kill is not None and job.kill[0] == FS_KILL:
         with FsCallKiller(job.root, job.kill[1]):
@@ -253,6 +255,56 @@ CLAIM_RACE: dict[str, Any] = {
     "kill": None,
 }
 """Two pending trials, three workers claiming at once: at most one each, one left out."""
+
+
+def _claim_until_none(impl: Impl, root: Path, worker: str, start_at: float) -> list[str]:
+    """In a pool process: claim trials until none is pending; their ids, in order."""
+    state = impl.load(root)
+    time.sleep(max(0.0, start_at - time.time()))
+    ids = []
+    while (trial := impl.claim(state, worker)) is not None:
+        ids.append(trial.id)
+    return ids
+
+
+def check_claim_storm(impl: Impl, pool: Pool, *, workers: int = 3, trials: int = 500) -> None:
+    """D7: ``workers`` processes claim ``trials`` pending trials at once, each until none is left.
+
+    Every trial must be taken exactly once, and no claim may fail. A claim whose
+    take and mark are two critical sections loses when another worker takes the
+    lock between them, which under this contention happens within a few claims.
+    """
+    with tempfile.TemporaryDirectory(prefix="neps-storm-") as tmp:
+        root = Path(tmp) / "run"
+        state = impl.create(root)
+        while len(state.lock_and_read_trials()) < trials:
+            impl.sample(
+                state,
+                ask,
+                "sampler",
+                min(20, trials - len(state.lock_and_read_trials())),
+                claim=False,
+            )
+        start_at = time.time() + 0.5
+        calls: list[Call] = [
+            (_claim_until_none, (impl, root, f"w{k}", start_at)) for k in range(workers)
+        ]
+        outcomes = pool.run(calls, timeout=120)
+        failed = [f"w{k}: {o.describe()}" for k, o in enumerate(outcomes) if not o.ok]
+        taken: dict[str, list[str]] = {}
+        for k, outcome in enumerate(outcomes):
+            for tid in outcome.value if outcome.ok else ():
+                taken.setdefault(tid, []).append(f"w{k}")
+        twice = {t: w for t, w in taken.items() if len(w) > 1}
+        if failed or twice:
+            raise finding(
+                "D7",
+                f"{workers} workers claiming {trials} trials at once: "
+                + "; ".join([*(f"trial {t} taken by {w}" for t, w in twice.items()), *failed]),
+            )
+        left = trials - len(taken)
+        if left:
+            raise AssertionError(f"{left} of {trials} trials were never claimed")
 
 
 # -- creation races --------------------------------------------------------------

@@ -38,6 +38,7 @@ from pytest_neps.probes import (
     TORN_TAILS,
     UNSAFE_IDS,
     NotApplicable,
+    check_batch_order,
     check_clean_by_id,
     check_cost_growth,
     check_crash_inside_sample,
@@ -49,6 +50,7 @@ from pytest_neps.probes import (
 from pytest_neps.races import (
     CLAIM_RACE,
     INFOS,
+    check_claim_storm,
     check_consolidation,
     check_creation,
     check_race,
@@ -82,6 +84,11 @@ def test_races_are_linearizable(neps_impl: str, neps_pool: Pool, data: st.DataOb
 def test_workers_claiming_at_once_take_different_trials(neps_impl: str, neps_pool: Pool) -> None:
     """Three workers claim two pending trials at once: never one trial twice (D7)."""
     check_race(as_impl(neps_impl), CLAIM_RACE, neps_pool, repeats=3)
+
+
+def test_a_claim_storm_takes_each_trial_once(neps_impl: str, neps_pool: Pool) -> None:
+    """Three workers claim 500 pending trials at once until none is left: each once (D7)."""
+    check_claim_storm(as_impl(neps_impl), neps_pool)
 
 
 @SETTINGS
@@ -136,6 +143,11 @@ def test_a_lost_cache_hides_no_trial(neps_impl: str) -> None:
 def test_a_clean_by_id_loses_nothing_else(neps_impl: str) -> None:
     """Resetting and removing trials by id (``neps.clean``) leave the other trials' records."""
     _applicable(check_clean_by_id, as_impl(neps_impl))
+
+
+def test_a_batch_is_claimed_in_the_order_it_was_proposed(neps_impl: str) -> None:
+    """One sample's trials (ids 7, 10, 3) are claimed in that order, by any handle."""
+    check_batch_order(as_impl(neps_impl))
 
 
 def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:

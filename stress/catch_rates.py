@@ -1,12 +1,14 @@
 """How reliably the suite reports each seed defect: its control, 20 runs at the CI budget.
 
-    python stress/catch_rates.py [--runs 20] [--defects D1,D7]
+    python stress/catch_rates.py [--runs 20] [--defects D1,D7] [--controls all|A,B]
 
 Each run executes the suite's property for a defect against that defect's
 negative control (``pytest_neps.controls.BY_DEFECT``) with the ``neps-ci``
 budget (25 examples) and no example database; a run counts as caught when the
-property fails and its message names the defect. Prints one line per defect
-and the wall time of each property.
+property fails and its message names the defect. With ``--controls``, the same for
+the negative controls of ``tests/test_controls_caught.py`` (``catching.CASES``, each
+at its own budget), a run counting as caught when the harness asserts. Prints one
+line per defect or control and the wall time of each property.
 """
 
 from __future__ import annotations
@@ -89,14 +91,37 @@ def rate(defect: str, runs: int, pool: Pool) -> tuple[int, float]:
     return caught, (time.perf_counter() - start) / runs
 
 
+def control_rates(names: str, runs: int, pool: Pool) -> None:
+    """Print the catch rate of each case of ``catching.CASES`` whose control is named."""
+    wanted = None if names == "all" else set(names.split(","))
+    for prop, control, examples in catching.CASES:
+        if wanted is not None and control not in wanted:
+            continue
+        start = time.perf_counter()
+        caught = catching.catch_rate(prop, control, examples, pool, runs)
+        seconds = (time.perf_counter() - start) / runs
+        print(
+            f"{control:<22} {prop.__name__:<12} {examples:>3} examples"
+            f"  caught in {caught:>2} of {runs} runs  ({seconds:.1f} s a run)",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="runs per defect (default 20)")
     parser.add_argument("--defects", default=",".join(DEFECTS), help="comma-separated ids")
+    parser.add_argument(
+        "--controls",
+        help="measure these controls of catching.CASES instead (comma-separated, or all)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     pool = Pool(6, start_method="spawn")
     try:
+        if args.controls:
+            control_rates(args.controls, args.runs, pool)
+            return
         for defect in args.defects.split(","):
             caught, seconds = rate(defect, args.runs, pool)
             print(

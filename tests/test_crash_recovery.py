@@ -5,6 +5,7 @@ the in-flight trial is left evaluating, and a fresh swarm finishes the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,6 +48,15 @@ def test_sigkill_inside_operation_at_fault_point(op: str, point: str) -> None:
     nth = 1 + count_hits(settings)[(op, point)] // 2  # mid-run, not only the first time
     run = _one(op, point, nth, settings)
     assert run.ok, "\n".join(run.problems)
+
+
+def test_a_state_that_keeps_a_dead_workers_trial_fails_the_matrix() -> None:
+    # The negative control of the take-back check: NePS's way, trials left evaluating.
+    keep = dataclasses.replace(OS, dead_worker_trials="keep")
+    nth = 1 + count_hits(keep)[("claim", "update.committed")] // 2
+    run = _one("claim", "update.committed", nth, keep)
+    assert not run.ok
+    assert "still evaluating after a take-back" in "\n".join(run.problems)
 
 
 def torn_append_workload(root: Path, acks_path: Path, nth: int) -> str:

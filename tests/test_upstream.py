@@ -32,8 +32,9 @@ def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
     tmp_path: Path,
 ) -> None:
     # NePS's format is legal input: no false alarm on a run it wrote (its last error
-    # record has no newline, its optimizer state is its own class). A true finding may
-    # show: the harness claims in two steps on NePS's state, whose race is D7.
+    # record has no newline, its optimizer state is its own class). True findings may
+    # show: the harness claims in two steps on NePS's state, whose race is D7, and a
+    # worker may read a file another rewrites in place (D3: 1 of 2 lane runs, stop 29).
     result = run_swarm(
         run_dir=tmp_path / "run",
         workers=2,
@@ -44,7 +45,7 @@ def test_a_swarm_runs_on_upstream_neps_and_the_checker_finds_nothing_false(
     )
     false = unexplained(result.problems())
     assert not false, "\n".join(false)
-    assert set(named("\n".join(result.problems()))) <= {"D7"}
+    assert set(named("\n".join(result.problems()))) <= {"D3", "D7"}, result.problems()
     assert len(result.trials) == 30
     assert {state_of(t) for t in result.trials.values()} <= {"success", "failed", "crashed"}
 
