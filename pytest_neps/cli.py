@@ -173,6 +173,12 @@ def cmd_stress(args: argparse.Namespace) -> int:
     except SwarmConfigError as e:
         sys.stderr.write(f"neps-state stress: {e}\n")
         return 2
+    except (OSError, TimeoutError) as e:
+        if not args.scheduler:
+            raise
+        # The cluster went away mid-run (the scheduler stopped, the network failed).
+        sys.stderr.write(f"neps-state stress: the Dask scheduler at {args.scheduler}: {e!r}\n")
+        return 2
     finally:
         progress.close()
     render_stress(result, sys.stdout)

@@ -9,28 +9,36 @@ fault point, or from outside) SIGKILLs that Dask worker process: its nanny start
 a new one, the task ends in ``KilledWorker`` (reported as a death by SIGKILL) and
 the swarm starts a replacement task, as with local processes.
 
-The scheduler must not retry a task whose worker died
-(``distributed.scheduler.allowed-failures: 0``, e.g. the environment variable
-``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0`` where the scheduler starts):
-a retried worker loop would run twice under one name. The launcher checks it.
+A scheduler on its defaults retries a task whose worker died (three times). A
+retried swarm worker must not run its loop again under its name: each attempt
+of a task first marks itself started on the scheduler (a ``Variable`` named by
+the task's key), and a retry that finds the mark returns at once, reported as
+the death it follows (SIGKILL), and the swarm starts a replacement as usual.
 Each Dask worker should run one task at a time (``--nthreads 1``), and the
 cluster needs at least as many worker threads as the swarm's workers and observers.
+A scheduler that cannot be reached, or a cluster too small, is a
+:class:`DaskSetupError` (the CLI prints it on one line and exits 2).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_neps._procs import ProcessOutcome
+from pytest_neps._swarm import SwarmConfigError
 
 
 def _distributed() -> Any:
@@ -64,31 +72,52 @@ class DaskBarrier:
             raise TimeoutError(f"{self.parties} parties never met at {self.name}")
 
 
-def _task(
-    name: str, prefix: str, fn: Callable[..., Any], args: tuple[Any, ...], barrier: Any
-) -> Any:
-    """Run ``fn(*args)`` in a Dask worker, after saying where."""
+RAN_ALREADY = "neps-swarm: this task ran already; the scheduler retried it after its worker died"
+"""What a retried attempt of a swarm worker's task returns instead of running again."""
+
+
+class DaskSetupError(SwarmConfigError):
+    """The Dask cluster cannot run the swarm (unreachable, too few worker threads)."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one swarm worker's task runs, and whether a retry of it may run again."""
+
+    name: str
+    prefix: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    once: bool = True
+
+
+def _task(call: _Call, barrier: Any) -> Any:
+    """Run ``call`` in a Dask worker, after saying where; once per task key."""
     d = _distributed()
 
-    d.Variable(f"{prefix}{name}").set([d.get_worker().address, os.getpid()])
+    started = d.Variable(f"{call.prefix}started-{d.get_worker().get_current_task()}")
+    try:
+        started.get(timeout=0.2)
+    except TimeoutError:
+        started.set(os.getpid())
+    else:
+        if call.once:
+            return RAN_ALREADY
+    d.Variable(f"{call.prefix}{call.name}").set([d.get_worker().address, os.getpid()])
     if barrier is not None:
         barrier.wait(120.0)
-    return fn(*args)
+    return call.fn(*call.args)
 
 
 class DaskLauncher:
     """The swarm's ``Launcher`` on a ``distributed.Client``."""
 
+    once: bool = True
+    """A retried task returns at once (False only in the negative control of a test)."""
+
     def __init__(self, client: Any) -> None:
-        """Use ``client``'s cluster; refuse one that would retry a killed worker's task."""
+        """Use ``client``'s cluster (its scheduler may retry tasks: see the module)."""
         self.client = client
-        retries = client.run_on_scheduler(_allowed_failures)
-        if retries != 0:
-            raise ValueError(
-                f"the Dask scheduler retries a task whose worker died ({retries} times): a"
-                " killed swarm worker would run again under its name. Start the scheduler"
-                " with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0"
-            )
         self.prefix = f"neps-swarm-{secrets.token_hex(4)}-"
         self.futures: dict[str, Any] = {}
         self._calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...], Any]] = {}
@@ -101,7 +130,10 @@ class DaskLauncher:
 
         threads = sum(self.client.nthreads().values())
         if threads < parties:
-            raise ValueError(f"{parties} workers start together, the cluster runs {threads}")
+            raise DaskSetupError(
+                f"{parties} swarm workers start together, but the Dask cluster runs"
+                f" {threads} task(s) at once: add Dask workers (one thread each)"
+            )
         name = f"{self.prefix}barrier-{secrets.token_hex(2)}"
         count: Any = d.Variable(f"{name}-count")
         count.set(0)
@@ -116,9 +148,8 @@ class DaskLauncher:
     def _submit(self, name: str) -> None:
         fn, args, barrier = self._calls[name]
         key = f"{self.prefix}{name}-{secrets.token_hex(2)}"
-        self.futures[name] = self.client.submit(
-            _task, name, self.prefix, fn, args, barrier, key=key, pure=False
-        )
+        call = _Call(name, self.prefix, fn, args, self.once)
+        self.futures[name] = self.client.submit(_task, call, barrier, key=key, pure=False)
 
     def _never_started(self, name: str) -> bool:
         """A task whose worker died before it ran a line (assigned to a dying worker)."""
@@ -161,6 +192,8 @@ class DaskLauncher:
         future = self.futures[name]
         where = self._where(name, d.Variable)
         pid = None if where is None else int(where[1])
+        if future.status == "finished" and future.result() == RAN_ALREADY:
+            return ProcessOutcome(name, pid, -signal.SIGKILL, timed_out=timed_out)
         if future.status == "finished":
             return ProcessOutcome(name, pid, 0, value=future.result(), timed_out=timed_out)
         error = future.exception() if future.status == "error" else None
@@ -207,9 +240,50 @@ class DaskLauncher:
 
 
 @contextlib.contextmanager
+def tcp_cluster(workers: int, tmp: Path, *, timeout: float = 60.0) -> Iterator[str]:
+    """``dask scheduler`` (its defaults) and ``workers`` ``dask worker`` processes on 127.0.0.1.
+
+    Real processes over TCP, as a cluster's nodes would run them; yields the
+    scheduler's address once every worker has joined. Everything started is
+    killed afterwards, pass or fail.
+    """
+    dask = str(Path(sys.executable).with_name("dask"))
+    file = tmp / "scheduler.json"
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    procs = [_start([*scheduler, "--dashboard-address", ":0", "--scheduler-file", str(file)])]
+    try:
+        deadline = time.monotonic() + timeout
+        while not file.exists():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise DaskSetupError(f"dask scheduler did not start (exit {procs[0].poll()})")
+            time.sleep(0.1)
+        worker = [dask, "worker", "--nthreads", "1", "--nworkers", "1", "--no-dashboard"]
+        procs += [_start([*worker, "--scheduler-file", str(file)]) for _ in range(workers)]
+        address = str(json.loads(file.read_text())["address"])
+        with _distributed().Client(address, timeout=timeout) as client:
+            client.wait_for_workers(workers, timeout=timeout)
+        yield address
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait(30)
+
+
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
 def connect(address: str) -> Iterator[DaskLauncher]:
     """A launcher on the scheduler at ``address``; the client is closed afterwards."""
-    client = _distributed().Client(address)
+    try:
+        client = _distributed().Client(address, timeout=30)
+    except ModuleNotFoundError as e:
+        raise DaskSetupError(f"{e}: install the dask extra (pip install 'neps-state[dask]')") from e
+    except (OSError, TimeoutError, ValueError) as e:
+        raise DaskSetupError(f"cannot reach the Dask scheduler at {address}: {e}") from e
     try:
         launcher = DaskLauncher(client)
         try:
@@ -218,7 +292,3 @@ def connect(address: str) -> Iterator[DaskLauncher]:
             launcher.close()
     finally:
         client.close()
-
-
-def _allowed_failures(dask_scheduler: Any) -> int:
-    return int(dask_scheduler.allowed_failures)

@@ -1,17 +1,13 @@
 """A swarm on a real Dask cluster: a scheduler and 4 ``dask worker`` processes over TCP.
 
 Started here as subprocesses on 127.0.0.1 (as a cluster's would be on its nodes),
-500 trials with kills, beside the same swarm on local processes in the same run.
-Everything started is stopped afterwards, pass or fail.
+the scheduler on its defaults (it retries a task whose worker died), 500 trials
+with kills, beside the same swarm on local processes in the same run. Everything
+started is stopped afterwards, pass or fail.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,42 +17,16 @@ from pytest_neps._swarm import SwarmConfig, run_swarm
 
 pytest.importorskip("distributed", reason="Dask is not installed: pip install 'neps-state[dask]'")
 
-DASK = str(Path(sys.executable).with_name("dask"))
 WORKERS = 4
 
 
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[str]:
-    """The scheduler's address; a scheduler and 4 workers run until the test ends."""
-    file = tmp_path / "scheduler.json"
-    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    procs = [
-        subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-             ":0", "--scheduler-file", str(file)],
-            env=env, start_new_session=True, stderr=subprocess.DEVNULL,
-        )
-    ]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        procs += [
-            subprocess.Popen(
-                [DASK, "worker", "--nthreads", "1", "--nworkers", "1", "--scheduler-file",
-                 str(file), "--dashboard-address", ":0"],
-                start_new_session=True, stderr=subprocess.DEVNULL,
-            )
-            for _ in range(WORKERS)
-        ]  # fmt: skip
-        import json  # noqa: PLC0415
+    """A scheduler on its defaults (it retries killed tasks) and 4 workers, over TCP."""
+    from pytest_neps.dask import tcp_cluster  # noqa: PLC0415
 
-        yield str(json.loads(file.read_text())["address"])
-    finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for proc in procs:
-            proc.wait(30)
+    with tcp_cluster(WORKERS, tmp_path) as address:
+        yield address
 
 
 @pytest.mark.timeout(1800)

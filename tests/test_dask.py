@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 @contextlib.contextmanager
 def local_client(
-    workers: int, *, processes: bool = True, allowed_failures: int = 0
+    workers: int, *, processes: bool = True, allowed_failures: int = 3
 ) -> Iterator[Any]:
     """A client of a LocalCluster of its own with one thread per worker."""
     with (
@@ -68,14 +71,41 @@ def test_a_swarm_with_kills_on_dask(client: Any, tmp_path: Path) -> None:
     client.wait_for_workers(4, timeout=60)  # every killed Dask worker's nanny restarts it
 
 
-def test_a_scheduler_that_retries_killed_tasks_is_refused(tmp_path: Path) -> None:
+def _retried_swarm(tmp_path: Path, *, once: bool) -> tuple[Any, dict[str, set[int]]]:
+    """A swarm with kills on a scheduler that retries (its default); each worker's pids."""
     from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
 
-    with (
-        local_client(1, processes=False, allowed_failures=3) as client,
-        pytest.raises(ValueError, match="ALLOWED_FAILURES=0"),
-    ):
-        DaskLauncher(client)
+    class Launcher(DaskLauncher):
+        pass
+
+    Launcher.once = once
+    with local_client(3, allowed_failures=3) as client:
+        launcher = Launcher(client)
+        try:
+            config = SwarmConfig(workers=2, trials=40, kill_rate=0.1, max_kills=3, timeout=120)
+            result = run_swarm(config, tmp_path / "run", launcher=launcher)
+        finally:
+            launcher.close()
+    pids: dict[str, set[int]] = {}
+    for op in result.ops:
+        pids.setdefault(op.worker, set()).add(op.pid)
+    return result, pids
+
+
+def test_a_retried_task_never_runs_a_worker_twice(tmp_path: Path) -> None:
+    result, pids = _retried_swarm(tmp_path, once=True)
+    result.assert_consistent()
+    assert result.kills >= 1
+    assert result.replacements == result.kills
+    twice = {w: p for w, p in pids.items() if len(p) > 1}
+    assert not twice, f"workers that ran in more than one process: {twice}"
+
+
+def test_without_the_guard_a_retry_runs_a_worker_again(tmp_path: Path) -> None:
+    # The negative control: the check above fails when retries run the loop again.
+    result, pids = _retried_swarm(tmp_path, once=False)
+    assert result.kills >= 1
+    assert any(len(p) > 1 for p in pids.values()), pids
 
 
 def test_the_fixture_takes_a_launcher(client: Any, neps_swarm: Any) -> None:
@@ -109,3 +139,45 @@ def test_the_scheduler_option(pytester: pytest.Pytester) -> None:
 
 def _variables(dask_scheduler: Any) -> list[str]:
     return [v for v in dask_scheduler.extensions["variables"].variables if "neps-swarm" in v]
+
+
+NEPS_STATE = str(Path(sys.executable).with_name("neps-state"))
+
+
+def test_the_stress_command_on_a_scheduler_on_its_defaults(tmp_path: Path) -> None:
+    # `dask scheduler` as a site starts it (it retries killed tasks), two `dask worker`
+    # processes, over TCP; kills on. The README's main job, smaller.
+    from pytest_neps.dask import tcp_cluster  # noqa: PLC0415
+
+    with tcp_cluster(2, tmp_path) as address:
+        argv = [NEPS_STATE, "stress", "--workers", "2", "--trials", "40", "--kill-rate", "0.05"]
+        argv += ["--seed", "3", "--scheduler", address, "--dir", str(tmp_path / "out")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "invariant check: OK" in done.stdout
+    assert re.search(r"left evaluating by kills\s+0\n", done.stdout), done.stdout
+    assert not re.search(r"kills / restarts\s+0 /", done.stdout), "no kill happened"
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "too small"])
+def test_a_scheduler_problem_is_one_line_and_exit_2(tmp_path: Path, problem: str) -> None:
+    argv = [NEPS_STATE, "stress", "--workers", "3", "--trials", "10", "--dir", str(tmp_path)]
+    with contextlib.ExitStack() as stack:
+        if problem == "unreachable":
+            address = "tcp://127.0.0.1:9"  # (the discard port: nothing listens)
+        else:
+            client = stack.enter_context(local_client(1))
+            address = client.scheduler.address
+        done = subprocess.run(
+            [*argv, "--scheduler", address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("neps-state")]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert ("cannot reach" if problem == "unreachable" else "add Dask workers") in lines[0]
