@@ -46,8 +46,18 @@ def _distributed() -> Any:
     return importlib.import_module("distributed")
 
 
-def _die() -> None:
+async def _die_if_running(key: str, dask_worker: Any = None) -> bool:
+    """SIGKILL this Dask worker if it still runs task ``key`` (run by ``Client.run``).
+
+    A kill is sent to the worker a task ran on; if that task ended meanwhile, the
+    worker may already run another's (of this swarm or a later one on a shared
+    cluster), which must not die for it. (A coroutine: ``Client.run(wait=False)``
+    refuses plain functions.)
+    """
+    if not any(ts.key == key for ts in dask_worker.state.executing):
+        return False
     os.kill(os.getpid(), signal.SIGKILL)
+    return True
 
 
 @dataclass(frozen=True)
@@ -219,8 +229,9 @@ class DaskLauncher:
         if where is None:
             self.futures[name].cancel()
             return
+        key = self.futures[name].key
         with contextlib.suppress(Exception):  # the worker is gone, as asked
-            self.client.run(_die, workers=[where[0]], wait=False)
+            self.client.run(_die_if_running, key, workers=[where[0]], wait=False)
 
     def kill_all(self) -> list[str]:
         """Kill every running task's worker; their names."""

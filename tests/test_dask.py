@@ -181,3 +181,19 @@ def test_a_scheduler_problem_is_one_line_and_exit_2(tmp_path: Path, problem: str
     assert len(lines) == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert ("cannot reach" if problem == "unreachable" else "add Dask workers") in lines[0]
+
+
+def test_kills_from_outside_reach_the_task_on_dask(client: Any, tmp_path: Path) -> None:
+    # Only kills from outside (kill_every): the launcher must deliver them. (Dask's
+    # Client.run(wait=False) refuses a plain function: such kills never happened.)
+    from pytest_neps.dask import DaskLauncher  # noqa: PLC0415
+
+    launcher = DaskLauncher(client)
+    try:
+        config = SwarmConfig(workers=2, trials=24, kill_every=1.0, timeout=120)
+        result = run_swarm(config, tmp_path / "run", launcher=launcher)
+    finally:
+        launcher.close()
+    result.assert_consistent()
+    assert result.kills >= 1
+    assert result.replacements == result.kills
