@@ -83,8 +83,23 @@ def check_run_dir(
     _check_trials(root, snap, out)
     _check_errors(root, snap, out)
     if histories is not None:
+        out = _report_records_split(out, histories)
         out += check_histories(root, snap.folders, snap.errors, histories)
     return out
+
+
+def _report_records_split(out: list[Violation], histories: Sequence[Op]) -> list[Violation]:
+    """Name D11 where a finished trial lacks its error record and its reporter was killed."""
+    killed = {t for op in histories if op.op == "report" and not op.completed for t in op.trials}
+    named = []
+    for v in out:
+        tid = v.detail.removeprefix("no record for trial ")
+        if v.invariant == "one error record per error" and tid != v.detail and tid[1:-1] in killed:
+            detail = str(finding("D11", f"{v.detail} (its reporter was killed)"))
+            named.append(Violation(v.invariant, v.path, detail))
+        else:
+            named.append(v)
+    return named
 
 
 def run_dir_problem(root: Path) -> str | None:

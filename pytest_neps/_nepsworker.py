@@ -67,6 +67,14 @@ def neps_worker_main(spec: WorkerSpec) -> dict[str, int]:
     neps_state = importlib.import_module("neps.state")
     runtime = importlib.import_module("neps.runtime")
     rec = _Recorder(spec)
+    try:
+        return _run(spec, rec, neps_state, runtime)
+    finally:
+        rec.close()
+
+
+def _run(spec: WorkerSpec, rec: _Recorder, neps_state: Any, runtime: Any) -> dict[str, int]:
+    """The body of :func:`neps_worker_main`, recorded by ``rec``."""
     state = rec.run(
         "create",
         lambda: neps_state.NePSState.create_or_load(
@@ -126,5 +134,4 @@ def neps_worker_main(spec: WorkerSpec) -> dict[str, int]:
 
     state._report_trial_evaluation = recorded_report  # noqa: SLF001
     worker.run()
-    rec.history.close()
     return {"evaluated": evaluated}

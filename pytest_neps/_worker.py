@@ -92,6 +92,19 @@ class _Recorder:
         self.spec = spec
         self.history = HistoryWriter(spec.history, spec.worker_id)
         self.done = 0
+        self._hooked = False
+        self._previous: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        """Give back the fault hook this worker set, and close its history.
+
+        A process that runs other tasks afterwards (a Dask worker's) must not keep a
+        kill plan that this worker never reached: the next task would die by it.
+        """
+        if self._hooked:
+            set_fault_hook(self._previous)
+            self._hooked = False
+        self.history.close()
 
     def run(self, op: str, fn: Callable[[], Any], trials: Sequence[str] = ()) -> Any:
         plan = self.spec.kill
@@ -101,7 +114,9 @@ class _Recorder:
                 nth = int(plan.point[len(FS_POINT) :])
                 killer = FsCallKiller(self.spec.run_dir, nth, before_dying=self._announce)
             else:
-                set_fault_hook(self._kill_at(plan.point))
+                previous = set_fault_hook(self._kill_at(plan.point))
+                if not self._hooked:
+                    self._previous, self._hooked = previous, True
         seq = self.history.start(op, trials)
         try:
             with killer:
@@ -170,6 +185,13 @@ def worker_main(spec: WorkerSpec) -> dict[str, int]:
     """
     logging.getLogger("neps_state").setLevel(spec.log_level)
     rec = _Recorder(spec)
+    try:
+        return _loop(spec, rec)
+    finally:
+        rec.close()
+
+
+def _loop(spec: WorkerSpec, rec: _Recorder) -> dict[str, int]:
     impl = as_impl(spec.impl)
     ask = _Budgeted(resolve_optimizer(spec.optimizer), spec.budget)
     fn = resolve(spec.evaluation)
@@ -201,7 +223,6 @@ def worker_main(spec: WorkerSpec) -> dict[str, int]:
         )
         rec.run("report", functools.partial(_report, state, trial, report, wid), [trial.id])
         evaluated += 1
-    rec.history.close()
     return {"evaluated": evaluated}
 
 

@@ -582,9 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     conformance = _command(
         sub,
         "conformance",
-        "which known defects (D1-D10) an implementation shows, by the conformance suite",
+        "which known defects (D1-D11) an implementation shows, by the conformance suite",
         "Run the conformance suite (pytest_neps.suite, the neps-ci budget) against"
-        " --impl in fresh pytest processes and list, per known defect D1-D10, in how many"
+        " --impl in fresh pytest processes and list, per known defect D1-D11, in how many"
         " runs a failure named it, then every failure that names none. Exit 0 when"
         " nothing failed, 1 otherwise, 2 when pytest could not run the suite.",
     )

@@ -3,7 +3,7 @@
 Each class is the reference ``NePSState`` with one known defect of the seed
 design put back. A test harness that cannot catch these cannot catch anything;
 the project's tests assert that each one is caught. Never use them for real runs.
-:data:`BY_DEFECT` names the control of each known defect (D1-D10, see
+:data:`BY_DEFECT` names the control of each known defect (D1-D11, see
 ``pytest_neps.defects``).
 """
 
@@ -25,6 +25,7 @@ from neps_state import (
     OptimizerInfoMismatchError,
     Settings,
     TrialRepo,
+    _errdump,
     _repo,
     _state,
     _trial,
@@ -424,6 +425,27 @@ class _EmptiesErrorsRepo(TrialRepo):
                 self.errors.path.write_bytes(b"")  # every other trial's records go too
 
 
+class ReportThenError(NePSState):
+    """Commits a report, then appends its error record in a second step, as NePS 0.17 (D11).
+
+    A worker killed between the two leaves a crashed trial without its record.
+    """
+
+    def _commit_report(
+        self,
+        new: _trial.Trial,
+        error: _errdump.SerializableTrialError | None,
+        worker_id: str,
+        prepared: _repo.PreparedUpdate | None,
+    ) -> None:
+        super()._commit_report(new, None, worker_id, prepared)
+        errors = self._repo.errors
+        if error is not None and errors is not None:
+            with errors.lock.lock():
+                errors.end_last_line()
+                errors.append(error.to_line())
+
+
 class CleanLosesErrors(NePSState):
     """Resetting or removing a trial by id empties the whole error dump, as NePS 0.17 (D10)."""
 
@@ -441,6 +463,7 @@ BY_DEFECT: dict[str, str] = {
     "D8": "RereadsEverything",
     "D9": "CacheBeforeFolder",
     "D10": "CleanLosesErrors",
+    "D11": "ReportThenError",
 }
 """The control of each known defect."""
 
@@ -454,6 +477,7 @@ __all__ = [
     "LossyConsolidation",
     "NoCrashRecovery",
     "RawParseErrors",
+    "ReportThenError",
     "RereadsEverything",
     "RuntimeReportsLoseErrors",
     "SkipsJournalFsync",

@@ -20,6 +20,7 @@ DEFECTS: dict[str, str] = {
     "D8": "every operation reads the whole cache: a cycle's cost grows with the run",
     "D9": "a new trial's cache record is written before its folder exists",
     "D10": "resetting or removing one trial by id loses other trials or their error records",
+    "D11": "a report and its error record are two commits: a crash between them loses one",
 }
 
 

@@ -12,6 +12,8 @@ Each takes an implementation (``_impl.Impl``) and drawn parameters and fails wit
   trial cache (``configs/.trial_cache*``, NePS's layout) must not hide a trial;
 - :func:`check_crash_inside_sample` (D9): a sample killed before its ``n``-th file
   change (``_fscalls``: no fault hook needed) must leave no trial without its folder;
+- :func:`check_crash_inside_report` (D11): a crashed trial's report killed before
+  its ``n``-th file change leaves the report and its error record both or neither;
 - :func:`check_batch_order`: the trials of one sample are claimed in the order the
   optimizer proposed them, by any handle (not a seed defect: a contract);
 - :func:`check_cost_growth` (D8): a cycle must not cost more at hundreds of
@@ -322,6 +324,38 @@ def check_crash_inside_sample(impl: Impl, nth: int, pool: Pool) -> None:
             folder = root / "configs" / f"config_{tid}"
             if not (folder / "config.yaml").is_file():
                 raise finding("D9", f"after {where}, trial {tid} is listed without {folder.name}/")
+
+
+def _report_killed(impl: Impl, root: Path, trial: Any, nth: int, marker: Path) -> int:
+    """In a pool process: report ``trial`` crashed, SIGKILLed before the ``nth`` file change."""
+    state = impl.load(root)
+    report = complete(trial, "crashed", err=RuntimeError("boom"), tb="Traceback")
+    with FsCallKiller(root, nth, before_dying=marker.write_text) as killer:
+        state.lock_and_report_trial_evaluation(trial, report, worker_id="w0")
+    return len(killer.calls)
+
+
+def check_crash_inside_report(impl: Impl, nth: int, pool: Pool) -> None:
+    """D11: a crashed trial's report killed at any file change keeps report and record together.
+
+    After the kill the trial is either still evaluating with no error record, or
+    crashed with exactly one.
+    """
+    with _run_dir() as root:
+        state = impl.create(root)
+        trial = impl.sample(state, ask, "w0", 1, claim=True)[0]
+        marker = root.parent / "killed-at"
+        [outcome] = pool.run([(_report_killed, (impl, root, trial, nth, marker))], timeout=60)
+        if outcome.ok:
+            raise NotApplicable(f"a report made {outcome.value} file changes, fewer than {nth}")
+        if outcome.signal != 9:
+            raise AssertionError(f"the reporting process failed: {outcome.describe()}")
+        where = f"a crashed report killed before file change {nth} ({marker.read_text()})"
+        handle = impl.load(root)
+        now = state_of(handle.lock_and_get_trial_by_id(trial.id))
+        records = [e.trial_id for e in handle.lock_and_get_errors().errs].count(trial.id)
+        if (now, records) not in (("evaluating", 0), ("crashed", 1)):
+            raise finding("D11", f"after {where}, the trial is {now} with {records} error records")
 
 
 def check_cost_growth(impl: Impl, *, small: int = 20, large: int = 3000, cycles: int = 25) -> float:

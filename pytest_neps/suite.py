@@ -9,7 +9,7 @@ consolidation property and the probes for the seed's defects (``probes``: unsafe
 ids, damaged files, a lost cache, a torn cache tail, a crash at every file change of a sample,
 cost growth) against ``neps_impl`` (``--neps-impl module:attr`` or a fixture
 override); the races use the plugin's ``neps_pool`` of worker processes. A
-failure that is a known seed defect names it (``D1``-``D9``, ``pytest_neps.defects``).
+failure that is a known seed defect names it (``D1``-``D11``, ``pytest_neps.defects``).
 The properties carry their own settings (no deadline: an example starts
 processes), so they pass under any profile; the budget is the profile's
 (``--hypothesis-profile=neps-ci``, 25 examples; ``neps-stress``, 400), and 25 under
@@ -41,6 +41,7 @@ from pytest_neps.probes import (
     check_batch_order,
     check_clean_by_id,
     check_cost_growth,
+    check_crash_inside_report,
     check_crash_inside_sample,
     check_damaged_file,
     check_lost_cache,
@@ -163,6 +164,19 @@ def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Poo
     pytest.fail(f"a sample made more than {MAX_FILE_CHANGES} file changes: raise the bound")
 
 
+def test_a_crash_at_every_file_change_of_a_report(neps_impl: str, neps_pool: Pool) -> None:
+    """A crashed report killed before each of its file changes keeps report and record together."""
+    impl = as_impl(neps_impl)
+    for nth in range(1, MAX_FILE_CHANGES + 1):
+        try:
+            check_crash_inside_report(impl, nth, neps_pool)
+        except NotApplicable:
+            if nth == 1:
+                raise
+            return
+    pytest.fail(f"a report made more than {MAX_FILE_CHANGES} file changes: raise the bound")
+
+
 def test_a_swarm_never_shows_a_half_written_file(neps_impl: str, tmp_path: Path) -> None:
     """3 workers and a lock-free reader: no file is ever seen partially written (D3)."""
     result = run_swarm(
@@ -188,7 +202,10 @@ def _applicable(check: Any, *args: Any) -> None:
 
 
 __all__ = [
+    "test_a_batch_is_claimed_in_the_order_it_was_proposed",
+    "test_a_claim_storm_takes_each_trial_once",
     "test_a_clean_by_id_loses_nothing_else",
+    "test_a_crash_at_every_file_change_of_a_report",
     "test_a_crash_at_every_file_change_of_a_sample",
     "test_a_cycle_costs_the_same_at_3000_trials",
     "test_a_damaged_file_is_a_typed_error_naming_it",

@@ -4,7 +4,7 @@
 
 Runs the suite (``pytest_neps.suite``, the ``neps-ci`` budget, 2 xdist workers)
 against ``--impl`` in a fresh pytest process ``--runs`` times and reads each run's
-JUnit report: for each test, whether it failed and which known defects (D1-D10) its
+JUnit report: for each test, whether it failed and which known defects (D1-D11) its
 failure names. Prints, per defect, in how many runs it was reported; and every
 failure that names no defect (each one is a false alarm or a defect the
 catalogue lacks). Use the interpreter of the environment the implementation

@@ -54,7 +54,11 @@ def _each(check: Callable[..., None], cases: list[tuple[object, ...]]) -> Callab
         chosen = as_impl(impl)
         for case in cases:
             try:
-                extra = (pool,) if check is probes.check_crash_inside_sample else ()
+                extra = (
+                    (pool,)
+                    if check in (probes.check_crash_inside_sample, probes.check_crash_inside_report)
+                    else ()
+                )
                 check(chosen, *case, *extra)
             except probes.NotApplicable:
                 continue
@@ -74,6 +78,8 @@ PROPERTIES: dict[str, Callable[[str, Pool], None]] = {
     "D7": _claims,
     "D8": lambda impl, _: _cost(impl),
     "D9": _each(probes.check_crash_inside_sample, [(n,) for n in range(1, 41)]),
+    "D10": _each(probes.check_clean_by_id, [()]),
+    "D11": _each(probes.check_crash_inside_report, [(n,) for n in range(1, 41)]),
 }
 """The property of the suite that looks for each defect, as the suite runs it."""
 

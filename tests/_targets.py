@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,11 @@ def hold_spares(root: Path, held: Any, release: Any) -> None:
     with state._state_spare.ahead(), state._repo.store_ahead():
         held.set()
         release.wait(600)
+
+
+def record_pid_then_wait(path: str, seconds: float) -> int:
+    """Append this process's pid to ``path``, then wait (a task to kill mid-run)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()

@@ -39,7 +39,7 @@ def findings(check: object, *cases: tuple[object, ...]) -> list[str]:
 
 
 def test_every_defect_has_a_control() -> None:
-    assert sorted(BY_DEFECT) == sorted(DEFECTS) == sorted(f"D{i}" for i in range(1, 11))
+    assert sorted(BY_DEFECT) == sorted(DEFECTS) == sorted(f"D{i}" for i in range(1, 12))
     assert named(str(finding("D3", "x"))) == ["D3"]
 
 
@@ -84,7 +84,15 @@ def test_a_clean_that_loses_error_records_is_d10() -> None:
     assert findings(probes.check_clean_by_id, (control("D10"),)) == ["D10"]
 
 
-@pytest.mark.parametrize("defect", ["D1", "D4", "D5", "D6", "D9", "D10"])
+def test_a_report_whose_error_record_is_a_second_step_is_d11(neps_pool: Pool) -> None:
+    impl = control("D11")
+    cases = [(impl, n, neps_pool) for n in range(1, 30)]
+    found = findings(probes.check_crash_inside_report, *cases)
+    assert found  # (killed at each file change of the second step: several of them)
+    assert set(found) == {"D11"}
+
+
+@pytest.mark.parametrize("defect", ["D1", "D4", "D5", "D6", "D9", "D10", "D11"])
 def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
     impl = as_impl("neps_state:NePSState")
     cases = {
@@ -97,6 +105,7 @@ def test_the_reference_has_none_of_them(defect: str, neps_pool: Pool) -> None:
         ),
         "D9": (probes.check_crash_inside_sample, [(impl, n, neps_pool) for n in range(1, 30)]),
         "D10": (probes.check_clean_by_id, [(impl,)]),
+        "D11": (probes.check_crash_inside_report, [(impl, n, neps_pool) for n in range(1, 30)]),
     }
     check, args = cases[defect]
     assert findings(check, *args) == []
