@@ -115,7 +115,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _link_text(token: str, time_started: float | None) -> str:
+def _claim_text(token: str, time_started: float | None) -> str:
     return f"{token} {time_started!r}"
 
 
@@ -127,7 +127,7 @@ def mark_claims(configs: Path, trials: list[Trial], old: Trial | None = None) ->
     for trial in trials:
         if trial.metadata.state is not State.EVALUATING:
             continue
-        text = _link_text(_token(folder), trial.metadata.time_started).encode()
+        text = _claim_text(_token(folder), trial.metadata.time_started).encode()
         temp = folder / f".{unique()}.tmp"
         fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o666)
         try:

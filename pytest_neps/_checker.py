@@ -81,25 +81,13 @@ def check_run_dir(
     _check_optimizer_files(root, out, notes)
     snap = read_run_dir(root, out)
     _check_trials(root, snap, out)
-    _check_errors(root, snap, out)
+    killed = {
+        t for op in histories or () if op.op == "report" and not op.completed for t in op.trials
+    }
+    _check_errors(root, snap, out, killed)
     if histories is not None:
-        out = _report_records_split(out, histories)
         out += check_histories(root, snap.folders, snap.errors, histories)
     return out
-
-
-def _report_records_split(out: list[Violation], histories: Sequence[Op]) -> list[Violation]:
-    """Name D11 where a finished trial lacks its error record and its reporter was killed."""
-    killed = {t for op in histories if op.op == "report" and not op.completed for t in op.trials}
-    named = []
-    for v in out:
-        tid = v.detail.removeprefix("no record for trial ")
-        if v.invariant == "one error record per error" and tid != v.detail and tid[1:-1] in killed:
-            detail = str(finding("D11", f"{v.detail} (its reporter was killed)"))
-            named.append(Violation(v.invariant, v.path, detail))
-        else:
-            named.append(v)
-    return named
 
 
 def run_dir_problem(root: Path) -> str | None:
@@ -343,18 +331,23 @@ def _plain(value: Any) -> Any:
     return yaml.safe_load(yaml.safe_dump(value))
 
 
-def _check_errors(root: Path, snap: Snapshot, out: list[Violation]) -> None:
+def _check_errors(
+    root: Path, snap: Snapshot, out: list[Violation], killed_reports: set[str]
+) -> None:
+    """Error records against the trials; ``killed_reports``: trials whose reporter was killed."""
     path = str(root / "shared_errors.jsonl")
     recorded = Counter(rec["trial_id"] for rec in snap.errors)
     out += [
         Violation("one error record per error", path, f"record for unknown trial {tid!r}")
         for tid in recorded.keys() - snap.folders.keys()
     ]
-    out += [
-        Violation("one error record per error", path, f"no record for trial {tid!r}")
-        for tid, trial in snap.folders.items()
-        if trial.report is not None and trial.report.err is not None and not recorded[tid]
-    ]
+    for tid, trial in snap.folders.items():
+        if trial.report is None or trial.report.err is None or recorded[tid]:
+            continue
+        detail = f"no record for trial {tid!r}"
+        if tid in killed_reports:  # a report and its record committed apart
+            detail = str(finding("D11", f"{detail} (its reporter was killed)"))
+        out.append(Violation("one error record per error", path, detail))
 
 
 def check_histories(
@@ -387,23 +380,30 @@ def check_histories(
     return out
 
 
-def _taken_back(tid: str, ops: list[Op], histories: Sequence[Op]) -> bool:
+def _worker_ends(histories: Sequence[Op]) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """Each worker's last event, and the (worker, trial) pairs of acknowledged reports."""
+    last: dict[str, int] = {}
+    reported: set[tuple[str, str]] = set()
+    for op in histories:
+        last[op.worker] = max(last.get(op.worker, 0), op.end_ns or op.start_ns)
+        if op.op == "report" and op.completed:
+            reported.update((op.worker, t) for t in op.trials)  # (one killed in flight: no)
+    return last, reported
+
+
+def _taken_back(
+    tid: str, ops: list[Op], last: dict[str, int], reported: set[tuple[str, str]]
+) -> bool:
     """Whether each claim of ``tid`` but the last was its worker's last act (it died with it).
 
     A state may give a dead worker's trial to another worker (the reference does:
     ``neps_state._owners``). The earlier claimer then never reported it, and did
     nothing at all after the next claim was acknowledged; a live worker reports.
     """
-    last: dict[str, int] = {}
-    reported = set()
-    for op in histories:
-        last[op.worker] = max(last.get(op.worker, 0), op.end_ns or op.start_ns)
-        if op.op == "report" and op.completed and tid in op.trials:
-            reported.add(op.worker)  # (a report killed in flight may not have committed)
     chain = sorted(ops, key=lambda op: op.start_ns)
     return all(
         a.worker != b.worker
-        and a.worker not in reported
+        and (a.worker, tid) not in reported
         and b.end_ns is not None
         and last[a.worker] <= b.end_ns
         for a, b in itertools.pairwise(chain)
@@ -414,9 +414,10 @@ def _claim_violations(
     where: str, trials: dict[str, Trial], claims: dict[str, list[Op]], histories: Sequence[Op]
 ) -> list[Violation]:
     out = []
+    last, reported = _worker_ends(histories)
     for tid, all_ops in claims.items():
         ops = all_ops
-        if len(ops) > 1 and _taken_back(tid, ops, histories):
+        if len(ops) > 1 and _taken_back(tid, ops, last, reported):
             ops = sorted(ops, key=lambda op: op.start_ns)[-1:]
         if len(ops) > 1:
             workers = sorted(op.worker for op in ops)

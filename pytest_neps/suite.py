@@ -151,30 +151,26 @@ def test_a_batch_is_claimed_in_the_order_it_was_proposed(neps_impl: str) -> None
     check_batch_order(as_impl(neps_impl))
 
 
-def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:
-    """A sample killed before each of its file changes leaves no trial without its folder."""
-    impl = as_impl(neps_impl)
+def _at_every_file_change(check: Any, impl: Any, pool: Pool, what: str) -> None:
+    """``check(impl, nth, pool)`` for nth = 1, 2, ... until the operation has no nth change."""
     for nth in range(1, MAX_FILE_CHANGES + 1):
         try:
-            check_crash_inside_sample(impl, nth, neps_pool)
+            check(impl, nth, pool)
         except NotApplicable:
             if nth == 1:
                 raise
             return
-    pytest.fail(f"a sample made more than {MAX_FILE_CHANGES} file changes: raise the bound")
+    pytest.fail(f"a {what} made more than {MAX_FILE_CHANGES} file changes: raise the bound")
+
+
+def test_a_crash_at_every_file_change_of_a_sample(neps_impl: str, neps_pool: Pool) -> None:
+    """A sample killed before each of its file changes leaves no trial without its folder."""
+    _at_every_file_change(check_crash_inside_sample, as_impl(neps_impl), neps_pool, "sample")
 
 
 def test_a_crash_at_every_file_change_of_a_report(neps_impl: str, neps_pool: Pool) -> None:
     """A crashed report killed before each of its file changes keeps report and record together."""
-    impl = as_impl(neps_impl)
-    for nth in range(1, MAX_FILE_CHANGES + 1):
-        try:
-            check_crash_inside_report(impl, nth, neps_pool)
-        except NotApplicable:
-            if nth == 1:
-                raise
-            return
-    pytest.fail(f"a report made more than {MAX_FILE_CHANGES} file changes: raise the bound")
+    _at_every_file_change(check_crash_inside_report, as_impl(neps_impl), neps_pool, "report")
 
 
 def test_a_swarm_never_shows_a_half_written_file(neps_impl: str, tmp_path: Path) -> None:
